@@ -1,0 +1,185 @@
+//! A loopback DNS server answering from the pool, so that a plain hickory `TokioResolver`
+//! (mail-auth's) shares our cache, coalescing, caps and retry budget.
+//!
+//! Point the client at the returned address with its own cache off (`cache_size = 0`) and
+//! `attempts = 0`. Answers are synthesized under the query name (a CNAME chain is flattened);
+//! TTLs are what is left in our cache. NXDOMAIN → NXDOMAIN, NODATA → NOERROR/empty, a transient
+//! failure → SERVFAIL, other query types → NOTIMP. UDP answers too large for the client are
+//! truncated (TC) and the client retries over TCP on the same port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::cache::Answer;
+use super::error::DnsError;
+use super::name::normalize;
+use super::Resolver;
+
+/// Requests answered at once; beyond, UDP requests are dropped (the client times out).
+const MAX_CONCURRENT: usize = 1024;
+
+impl Resolver {
+    /// Serve this pool over DNS (UDP and TCP, same port) on `addr` (`127.0.0.1:0` for an
+    /// ephemeral port). Returns the bound address and the server task (abort it to stop).
+    pub async fn serve_stub(&self, addr: SocketAddr) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+        let udp = Arc::new(UdpSocket::bind(addr).await?);
+        let local = udp.local_addr()?;
+        let tcp = TcpListener::bind(local).await?;
+        let resolver = self.clone();
+        let handle = tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
+            let tcp_task = tokio::spawn(serve_tcp(resolver.clone(), tcp, limit.clone()));
+            let _abort = AbortOnDrop(tcp_task);
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let packet = buf[..n].to_vec();
+                let (r, sock) = (resolver.clone(), udp.clone());
+                tokio::spawn(async move {
+                    if let Some(resp) = respond(&r, &packet, true).await {
+                        let _ = sock.send_to(&resp, peer).await;
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok((local, handle))
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn serve_tcp(resolver: Resolver, listener: TcpListener, limit: Arc<Semaphore>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let r = resolver.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            loop {
+                let mut len = [0u8; 2];
+                let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_exact(&mut len)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if stream.read_exact(&mut packet).await.is_err() {
+                    return;
+                }
+                let Some(resp) = respond(&r, &packet, false).await else {
+                    return;
+                };
+                let Ok(n) = u16::try_from(resp.len()) else {
+                    return;
+                };
+                if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&resp).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Answer one DNS request from the pool. `None`: not a decodable query (dropped).
+async fn respond(r: &Resolver, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    let req = Message::from_vec(packet).ok()?;
+    let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.add_queries(req.queries.iter().cloned());
+    if req.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        resp.set_edns(edns);
+    }
+    let max_len = usize::from(req.max_payload());
+    let Some(q) = req.queries.first() else {
+        resp.metadata.response_code = ResponseCode::FormErr;
+        return resp.to_vec().ok();
+    };
+    let qname = q.name().clone();
+    let rtype = q.query_type();
+    if !matches!(rtype, RecordType::A | RecordType::AAAA | RecordType::MX | RecordType::TXT | RecordType::PTR) {
+        resp.metadata.response_code = ResponseCode::NotImp;
+        return resp.to_vec().ok();
+    }
+    let key = match normalize(&qname.to_ascii()) {
+        Ok(n) => (n, rtype),
+        Err(_) => {
+            resp.metadata.response_code = ResponseCode::FormErr;
+            return resp.to_vec().ok();
+        }
+    };
+    match r.inner.lookup(key).await {
+        Ok((entry, _)) => {
+            let ttl =
+                entry.expires.saturating_duration_since(std::time::Instant::now()).as_secs().min(u64::from(u32::MAX))
+                    as u32;
+            match &entry.data {
+                Ok(answer) => {
+                    for rdata in to_rdata(answer) {
+                        resp.add_answer(Record::from_rdata(qname.clone(), ttl, rdata));
+                    }
+                }
+                Err(DnsError::NxDomain) => resp.metadata.response_code = ResponseCode::NXDomain,
+                Err(_) => {}
+            }
+        }
+        Err(e) if e.is_permanent() => {
+            if e == DnsError::NxDomain {
+                resp.metadata.response_code = ResponseCode::NXDomain;
+            }
+        }
+        Err(_) => resp.metadata.response_code = ResponseCode::ServFail,
+    }
+    let bytes = resp.to_vec().ok()?;
+    if udp && bytes.len() > max_len {
+        resp.answers.clear();
+        resp.metadata.truncation = true;
+        return resp.to_vec().ok();
+    }
+    Some(bytes)
+}
+
+fn host(name: &str) -> Option<Name> {
+    if name == "." {
+        return Some(Name::root());
+    }
+    Name::from_ascii(format!("{name}.")).ok()
+}
+
+fn to_rdata(a: &Answer) -> Vec<RData> {
+    match a {
+        Answer::A(v) => v.iter().map(|ip| RData::A(A(*ip))).collect(),
+        Answer::Aaaa(v) => v.iter().map(|ip| RData::AAAA(AAAA(*ip))).collect(),
+        Answer::Mx(v) => v.iter().filter_map(|m| Some(RData::MX(MX::new(m.preference, host(&m.exchange)?)))).collect(),
+        Answer::Txt(v) => {
+            v.iter().map(|t| RData::TXT(TXT::from_bytes(t.strings.iter().map(|s| s.as_slice()).collect()))).collect()
+        }
+        Answer::Ptr(v) => v.iter().filter_map(|p| Some(RData::PTR(PTR(host(p)?)))).collect(),
+    }
+}

@@ -1,0 +1,285 @@
+//! The engine an embedder (and our server) drives: open the spool, inject messages durably, emit events.
+//!
+//! Injection is the same for every entry point (SMTP, HTTP, library): validate the envelope, prepend our
+//! `Received:` header, put the message through the spool's group commit, and only then report success.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use mta_spool::{MessageRecord, Op, Priority, QueueId, Source, Spool, SpoolConfig};
+
+use crate::error::{EngineError, InjectError};
+use crate::events::{now_rfc3339, Event, EventLog, EventType};
+use crate::reception::{check_address, received_header, Protocol};
+
+/// How to build an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Our host name: `Received:` by-name and EHLO name.
+    pub hostname: String,
+    /// Node id in every queue id.
+    pub node_id: String,
+    /// Spool directory.
+    pub spool_path: PathBuf,
+    /// sled page cache size.
+    pub spool_cache_bytes: u64,
+    /// Event log file; `None` keeps events in process (subscribers only).
+    pub event_log: Option<PathBuf>,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Largest message accepted (after our headers are added the limit is not re-checked).
+    pub max_message_size: u64,
+}
+
+impl EngineConfig {
+    /// Defaults for a spool at `spool_path`.
+    pub fn new(spool_path: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            hostname: "localhost".into(),
+            node_id: "node".into(),
+            spool_path: spool_path.into(),
+            spool_cache_bytes: 64 << 20,
+            event_log: None,
+            max_recipients: 1000,
+            max_message_size: 52_428_800,
+        }
+    }
+}
+
+/// One message handed to the engine.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// Envelope sender; `""` is the null sender.
+    pub sender: String,
+    /// Envelope recipients.
+    pub recipients: Vec<String>,
+    /// RFC 5322 message bytes (CRLF line ends).
+    pub content: Bytes,
+    /// Tenant for per-tenant queues.
+    pub tenant: Option<String>,
+    /// Egress pool.
+    pub pool: Option<String>,
+    /// Dispatch priority.
+    pub priority: Priority,
+    /// Entry protocol for the `Received:` header.
+    pub protocol: Protocol,
+    /// Client address, if any.
+    pub peer: Option<IpAddr>,
+    /// Client's EHLO name, if any.
+    pub helo: Option<String>,
+    /// Authenticated user or API key label.
+    pub auth_user: Option<String>,
+}
+
+impl Injection {
+    /// A library injection of `content` from `sender` to `recipients`.
+    pub fn new(sender: impl Into<String>, recipients: Vec<String>, content: impl Into<Bytes>) -> Self {
+        Injection {
+            sender: sender.into(),
+            recipients,
+            content: content.into(),
+            tenant: None,
+            pool: None,
+            priority: Priority::Bulk,
+            protocol: Protocol::Local,
+            peer: None,
+            helo: None,
+            auth_user: None,
+        }
+    }
+}
+
+/// A message the spool has made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Its queue id.
+    pub id: QueueId,
+    /// Number of recipients accepted.
+    pub recipients: usize,
+}
+
+/// What start-up found in the spool.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Messages found.
+    pub messages: usize,
+    /// Records that could not be read and were quarantined: (key, reason).
+    pub quarantined: Vec<(String, String)>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    spool: Spool,
+    events: EventLog,
+    accepting: AtomicBool,
+}
+
+/// The mail engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("hostname", &self.inner.config.hostname).finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Engine {
+    /// Open the spool (blocking work off the runtime), recover what it holds, open the event log.
+    pub async fn open(config: EngineConfig) -> Result<(Engine, RecoveryReport), EngineError> {
+        let events = EventLog::open(config.event_log.as_deref()).map_err(|source| EngineError::EventLog {
+            path: config.event_log.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            source,
+        })?;
+        let mut spool_config = SpoolConfig::new(config.spool_path.clone(), &config.node_id);
+        spool_config.sled_cache_bytes = config.spool_cache_bytes;
+        let (spool, report) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+            let spool = Spool::open(spool_config)?;
+            let mut messages = 0usize;
+            let scan = spool.scan(|_record| messages += 1)?;
+            let report = RecoveryReport { messages, quarantined: scan.quarantined };
+            Ok((spool, report))
+        })
+        .await
+        .map_err(|e| EngineError::Join(e.to_string()))??;
+        metrics::gauge!("mta_spool_records").set(report.messages as f64);
+        let engine = Engine { inner: Arc::new(Inner { config, spool, events, accepting: AtomicBool::new(true) }) };
+        Ok((engine, report))
+    }
+
+    /// The spool (for status queries and tools).
+    pub fn spool(&self) -> &Spool {
+        &self.inner.spool
+    }
+
+    /// The event log (subscribe for delivery events).
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Check an envelope without storing anything (the same checks `inject` makes).
+    pub fn validate(&self, sender: &str, recipients: &[String], size: u64) -> Result<(), InjectError> {
+        if !sender.is_empty() {
+            check_address(sender).map_err(|reason| InjectError::InvalidSender { address: sender.into(), reason })?;
+        }
+        if recipients.is_empty() {
+            return Err(InjectError::NoRecipients);
+        }
+        let max = self.inner.config.max_recipients;
+        if recipients.len() > max {
+            return Err(InjectError::TooManyRecipients { count: recipients.len(), max });
+        }
+        for (index, r) in recipients.iter().enumerate() {
+            check_address(r).map_err(|reason| InjectError::InvalidRecipient { index, address: r.clone(), reason })?;
+        }
+        let max = self.inner.config.max_message_size;
+        if size > max {
+            return Err(InjectError::TooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    /// Make a message durable; returns after the fsync that covers it.
+    pub async fn inject(&self, injection: Injection) -> Result<Accepted, InjectError> {
+        self.inject_with(injection, |_| Vec::new()).await
+    }
+
+    /// Like [`Engine::inject`], plus extra spool operations committed in the same durable round (for example
+    /// the HTTP API's idempotency key, which must never outlive or predate its message). `extra` gets the
+    /// queue id the message will have.
+    pub async fn inject_with(
+        &self,
+        injection: Injection,
+        extra: impl FnOnce(&QueueId) -> Vec<Op>,
+    ) -> Result<Accepted, InjectError> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(InjectError::ShuttingDown);
+        }
+        self.validate(&injection.sender, &injection.recipients, injection.content.len() as u64)?;
+        let spool = &self.inner.spool;
+        let id = spool.next_id();
+        let single = (injection.recipients.len() == 1).then(|| injection.recipients[0].as_str());
+        let header = received_header(
+            injection.helo.as_deref(),
+            injection.peer,
+            &self.inner.config.hostname,
+            injection.protocol,
+            id.as_str(),
+            single,
+        );
+        let mut data = BytesMut::with_capacity(header.len() + injection.content.len());
+        data.extend_from_slice(header.as_bytes());
+        data.extend_from_slice(&injection.content);
+        let mut record = MessageRecord::new(id.clone(), injection.sender.clone(), &injection.recipients, now_ms());
+        record.tenant = injection.tenant.clone();
+        record.pool = injection.pool.clone();
+        record.priority = injection.priority;
+        record.source = Source {
+            protocol: match injection.protocol {
+                crate::reception::Protocol::Http { .. } => "http".into(),
+                crate::reception::Protocol::Local => "api".into(),
+                _ => "smtp".into(),
+            },
+            peer: injection.peer.map(|p| p.to_string()),
+            helo: injection.helo.clone(),
+            auth: injection.auth_user.clone(),
+        };
+        let mut ops = vec![Op::Put { record: record.clone(), body: data.freeze() }];
+        ops.extend(extra(&id));
+        spool.commit(ops).await?;
+        metrics::counter!("mta_messages_received_total", "protocol" => record.source.protocol.clone()).increment(1);
+        metrics::counter!("mta_recipients_received_total").increment(record.recipients.len() as u64);
+        let timestamp = now_rfc3339();
+        let response = format!("250 2.0.0 Ok: queued as {id}");
+        let events = record
+            .recipients
+            .iter()
+            .map(|r| Event {
+                kind: EventType::Reception,
+                id: id.to_string(),
+                sender: record.sender.clone(),
+                recipient: r.address.clone(),
+                domain: r.domain.clone(),
+                timestamp: timestamp.clone(),
+                response: response.clone(),
+                mx: None,
+                tenant: record.tenant.clone(),
+                source: Some(record.source.protocol.clone()),
+                attempts: None,
+            })
+            .collect();
+        self.inner.events.emit(events).await;
+        Ok(Accepted { id, recipients: record.recipients.len() })
+    }
+
+    /// Stop accepting new messages (graceful stop); already-acknowledged ones stay in the spool.
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+    }
+
+    /// True until [`Engine::stop_accepting`] is called.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::Acquire)
+    }
+
+    /// Stop accepting, then flush and close the spool.
+    pub async fn shutdown(&self) {
+        self.stop_accepting();
+        self.inner.spool.close().await;
+    }
+}

@@ -1,0 +1,22 @@
+//! The embeddable mail engine: what a high-volume sender links to, and what `mta-server` is built on.
+//!
+//! # Layout
+//! - [`engine`]: [`Engine`] — open the spool, inject messages durably, emit events, shut down.
+//! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
+//! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
+//! - [`error`]: typed errors, classified for the caller.
+//!
+//! Spool types ([`QueueId`], [`MessageRecord`], ...) are re-exported from `mta-spool`.
+#![warn(missing_docs)]
+
+pub mod dns;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod reception;
+
+pub use engine::{Accepted, Engine, EngineConfig, Injection, RecoveryReport};
+pub use error::{EngineError, InjectError};
+pub use events::{Event, EventLog, EventType};
+pub use mta_spool::{MessageRecord, Priority, QueueId, RecipientState, Spool};
+pub use reception::Protocol;

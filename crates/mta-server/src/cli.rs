@@ -1,0 +1,69 @@
+//! The command line of the contract.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A durable store-and-forward MTA.
+#[derive(Debug, Parser)]
+#[command(name = "mta-server", version, about)]
+pub struct Cli {
+    /// TOML config file; every key is optional.
+    #[arg(long, global = true, env = "MTA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print the effective config, or name the bad key and exit 2.
+    CheckConfig,
+    /// Offline spool tools (server stopped).
+    Spool {
+        /// Which tool.
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+    /// Per-queue summary from a running server.
+    Queue {
+        /// Base URL of the server's HTTP API (default: from the config's http.listen).
+        #[arg(long)]
+        http: Option<String>,
+        /// API key.
+        #[arg(long)]
+        token: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read an API key (or, with --password, an SMTP password) on stdin and print its hash for the config.
+    HashKey {
+        /// Make an argon2id password hash for `[[smtp.users]]` instead of a sha256 API-key hash.
+        #[arg(long)]
+        password: bool,
+    },
+}
+
+/// `spool` tools.
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Every spooled message: id, size, received at, sender, recipients and states.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message.
+    Show {
+        /// Queue id.
+        id: String,
+        /// Write the stored message bytes exactly.
+        #[arg(long)]
+        raw: bool,
+    },
+}

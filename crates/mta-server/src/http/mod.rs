@@ -1,0 +1,282 @@
+//! The HTTP API: injection, message status, health, metrics, OpenAPI (routes and errors in `CONTRACT.md`).
+//!
+//! # Layout
+//! - this file: [`ROUTES`] (the one list the router is built from and the OpenAPI test checks), the router,
+//!   the auth/rate-limit and metrics middleware, [`serve`] (HTTP/1.1 and HTTP/2, plain or TLS).
+//! - [`inject`]: `POST /api/v1/messages`; [`content`]: raw and structured content to message bytes;
+//!   [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
+//! - [`status`]: `GET /api/v1/messages/{id}`; [`debug`]: `PUT /api/v1/debug/faults`.
+//! - [`auth`]: bearer keys, loopback rule, trusted proxies; [`ratelimit`]: per-key token buckets.
+//! - [`error`]: `ApiError` and its JSON form; [`listener`]: the TLS accept loop.
+//! - [`client`]: the `mta-server queue` command (a client of the admin API).
+//! - `openapi.json`: the OpenAPI 3 document served at `/api/v1/openapi.json`.
+
+mod auth;
+pub mod client;
+mod content;
+mod debug;
+mod error;
+mod idempotency;
+mod inject;
+mod listener;
+mod ratelimit;
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put, MethodRouter};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use mta_core::Engine;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use self::auth::Auth;
+use self::error::ApiError;
+use self::idempotency::Idempotency;
+use self::ratelimit::RateLimiter;
+use crate::config::Config;
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path in axum (and OpenAPI) syntax.
+    pub path: &'static str,
+    /// Needs an API key (or a loopback client when no keys are configured).
+    pub auth: bool,
+}
+
+/// Every route; the router is built from this list, and a test checks it against `openapi.json`.
+pub const ROUTES: &[Route] = &[
+    Route { method: "POST", path: "/api/v1/messages", auth: true },
+    Route { method: "GET", path: "/api/v1/messages/{id}", auth: true },
+    Route { method: "PUT", path: "/api/v1/debug/faults", auth: true },
+    Route { method: "GET", path: "/api/v1/openapi.json", auth: true },
+    Route { method: "GET", path: "/health/live", auth: false },
+    Route { method: "GET", path: "/health/ready", auth: false },
+    Route { method: "GET", path: "/metrics", auth: false },
+];
+
+/// The OpenAPI 3 document of [`ROUTES`].
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The handler of a route in [`ROUTES`].
+fn method_router(route: &Route) -> MethodRouter<HttpState> {
+    match (route.method, route.path) {
+        ("POST", "/api/v1/messages") => post(inject::post_message),
+        ("GET", "/api/v1/messages/{id}") => get(status::get_message),
+        ("PUT", "/api/v1/debug/faults") => put(debug::put_faults),
+        ("GET", "/api/v1/openapi.json") => get(openapi),
+        ("GET", "/health/live") => get(live),
+        ("GET", "/health/ready") => get(ready),
+        ("GET", "/metrics") => get(metrics_text),
+        (m, p) => panic!("route {m} {p} is in ROUTES but has no handler"),
+    }
+}
+
+/// Faults set through `PUT /api/v1/debug/faults` (kept to report them back).
+#[derive(Debug, Default)]
+struct Faults {
+    spool_flush_delay_ms: AtomicU64,
+    dns_delay_ms: AtomicU64,
+}
+
+struct Inner {
+    engine: Engine,
+    prometheus: PrometheusHandle,
+    auth: Auth,
+    limiter: RateLimiter,
+    idempotency: Arc<Idempotency>,
+    /// Set when the API is served over TLS (`http.tls_cert`/`http.tls_key`).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Largest request body: room for a maximal message with JSON escaping.
+    max_body: usize,
+    fault_injection: bool,
+    faults: Faults,
+}
+
+/// Shared state of every HTTP handler; cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    inner: Arc<Inner>,
+}
+
+impl HttpState {
+    /// State for `engine` with the HTTP settings of `config`.
+    pub fn new(engine: Engine, config: &Config, prometheus: PrometheusHandle) -> anyhow::Result<Self> {
+        let http = &config.http;
+        let tls = match (&http.tls_cert, &http.tls_key) {
+            (Some(cert), Some(key)) => {
+                let server_config = crate::tls::server_config(cert, key)?;
+                Some(tokio_rustls::TlsAcceptor::from(listener::with_alpn(&server_config)))
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("http.tls_cert and http.tls_key must be set together"),
+        };
+        let max_body = usize::try_from(config.smtp.max_message_size.saturating_mul(2).saturating_add(64 << 10))
+            .unwrap_or(usize::MAX);
+        let idempotency = Arc::new(Idempotency::new(engine.spool().clone()));
+        let inner = Inner {
+            auth: Auth::new(&http.api_keys, &http.trusted_proxies)?,
+            limiter: RateLimiter::new(http.rate_limit_per_key),
+            idempotency,
+            tls,
+            max_body,
+            fault_injection: config.debug.fault_injection,
+            faults: Faults::default(),
+            engine,
+            prometheus,
+        };
+        Ok(HttpState { inner: Arc::new(inner) })
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The router of every route in [`ROUTES`].
+pub fn router(state: HttpState) -> Router {
+    let mut public = Router::new();
+    let mut api = Router::new();
+    for route in ROUTES {
+        if route.auth {
+            api = api.route(route.path, method_router(route));
+        } else {
+            public = public.route(route.path, method_router(route));
+        }
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    public
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Authenticate (`401`/`403`) and rate-limit (`429`) every `/api/v1` request; the [`auth::Caller`] becomes a
+/// request extension.
+async fn authorize(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let inner = &state.inner;
+    let client = inner.auth.client_ip(peer.ip(), req.headers());
+    let caller = match inner.auth.check(req.headers(), client) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(wait) = inner.limiter.check(&caller.label, Instant::now()) {
+        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key")
+            .retry_after(wait.as_secs_f64().ceil() as u64)
+            .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Count requests by method, route and status.
+async fn track(req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let response = next.run(req).await;
+    metrics::counter!(
+        "mta_http_requests_total",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+async fn live() -> impl IntoResponse {
+    Json(json!({"state": "alive"}))
+}
+
+async fn ready(State(state): State<HttpState>) -> Response {
+    if state.inner.engine.is_accepting() {
+        (StatusCode::OK, Json(json!({"state": "healthy"}))).into_response()
+    } else {
+        let mut response =
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"state": "shedding", "reasons": ["shutting down"]})))
+                .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(5u64));
+        response
+    }
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.inner.prometheus.render()).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Serve the API until `shutdown` resolves, then finish in-flight requests. HTTP/1.1 and HTTP/2 (prior
+/// knowledge on plain TCP, ALPN over TLS); TLS when `http.tls_cert`/`http.tls_key` are set.
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let sweeper = tokio::spawn(state.inner.idempotency.clone().run_sweeper());
+    let tls = state.inner.tls.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        Some(acceptor) => match listener::TlsListener::new(listener, acceptor) {
+            Ok(tls_listener) => axum::serve(tls_listener.tap_io(|_| {}), app).with_graceful_shutdown(shutdown).await,
+            Err(e) => Err(e),
+        },
+    };
+    sweeper.abort();
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "an OpenAPI 3 document");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in ["get", "put", "post", "delete", "patch"] {
+                if item.get(method).is_some() {
+                    documented.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let routed: BTreeSet<(String, String)> =
+            ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+        assert_eq!(routed, documented, "ROUTES and openapi.json differ");
+        // Every route has a handler (building the router panics otherwise).
+        for route in ROUTES {
+            let _ = method_router(route);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `mta-server`: the MTA as a program — SMTP and HTTP injection, durable spool, delivery.
+//!
+//! # Layout
+//! - `cli`: the command line of the contract; `main` maps outcomes to exit codes (0, 1, 2).
+//! - `config` / `duration`: the TOML config, its defaults and validation.
+//! - `serve`: start-up, listeners, signals and graceful stop.
+//! - `smtp_handler`: the policy between SMTP sessions and the engine (relay control, AUTH, queueing).
+//! - `http`: the HTTP API (injection, status, health, metrics).
+//! - `spool_cmd`: offline spool tools; `secrets`: key and password hashes; `tls`, `telemetry`.
+
+mod cli;
+mod config;
+mod duration;
+mod http;
+mod secrets;
+mod serve;
+mod smtp_handler;
+mod spool_cmd;
+mod telemetry;
+mod tls;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, SpoolCommand};
+use crate::config::Config;
+
+/// Failures that are the user's to fix: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| UsageError(e.to_string()).into()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli.config.clone();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = load_config(config_path.as_deref())?;
+            telemetry::init_logs(config.log.format == "json");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("mta-worker").build()?;
+            runtime.block_on(serve::run(config))
+        }
+        Command::CheckConfig => {
+            let Some(path) = config_path else {
+                return Err(UsageError("check-config needs --config PATH (or MTA_CONFIG)".into()).into());
+            };
+            let config = load_config(Some(&path))?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Spool { command } => {
+            let config = load_config(config_path.as_deref())?;
+            match command {
+                SpoolCommand::List { json } => spool_cmd::list(&config, json),
+                SpoolCommand::Show { id, raw } => spool_cmd::show(&config, &id, raw),
+            }
+        }
+        Command::Queue { http, token, json } => {
+            let config = load_config(config_path.as_deref())?;
+            let url = http.unwrap_or_else(|| format!("http://{}", config.http.listen));
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(http::client::queue_summary(&url, token.as_deref(), json))
+        }
+        Command::HashKey { password } => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let secret = input.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                return Err(UsageError("hash-key: nothing on stdin".into()).into());
+            }
+            if password {
+                println!("{}", secrets::argon2_hash(secret).map_err(|e| anyhow::anyhow!("argon2: {e}"))?);
+            } else {
+                println!("{}", secrets::sha256_hash(secret));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mta-server: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

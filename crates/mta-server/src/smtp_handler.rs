@@ -1,0 +1,131 @@
+//! The policy between SMTP sessions and the engine: relay control, AUTH, and handing messages to the spool.
+//!
+//! The session (in `mta-smtp`) speaks the protocol; this handler decides. Relay rule of the contract: a
+//! recipient is accepted when its domain is one of `smtp.relay_domains`, or the client is in
+//! `smtp.relay_networks` (its real address, after PROXY protocol), or it authenticated. Never an open relay.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use mta_core::{Engine, InjectError, Injection, Protocol};
+use mta_smtp::Reply;
+use mta_smtp::{Handler, SessionInfo, Transaction};
+
+use crate::secrets::UserStore;
+
+/// Relay and authentication policy plus the engine to queue into.
+pub struct SmtpHandler {
+    engine: Engine,
+    relay_networks: Vec<IpNet>,
+    relay_domains: Vec<String>,
+    users: Arc<UserStore>,
+}
+
+impl SmtpHandler {
+    /// A handler for `engine` with the relay rules and users of the config.
+    pub fn new(engine: Engine, relay_networks: Vec<IpNet>, relay_domains: Vec<String>, users: UserStore) -> Self {
+        let relay_domains = relay_domains.into_iter().map(|d| d.to_ascii_lowercase()).collect();
+        SmtpHandler { engine, relay_networks, relay_domains, users: Arc::new(users) }
+    }
+
+    fn may_relay(&self, info: &SessionInfo) -> bool {
+        info.auth_user.is_some() || self.relay_networks.iter().any(|n| n.contains(&info.peer.ip()))
+    }
+
+    fn is_relay_domain(&self, rcpt: &str) -> bool {
+        let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.relay_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// Map an engine refusal to the SMTP reply the client sees.
+fn reply_for(e: &InjectError) -> Reply {
+    match e {
+        InjectError::TooLarge { .. } => Reply::new(552, (5, 3, 4), "Message size exceeds fixed limit"),
+        InjectError::TooManyRecipients { .. } => Reply::new(452, (4, 5, 3), "Too many recipients"),
+        InjectError::InvalidSender { .. } => Reply::new(553, (5, 1, 7), "Bad sender address syntax"),
+        InjectError::InvalidRecipient { .. } => Reply::new(553, (5, 1, 3), "Bad recipient address syntax"),
+        InjectError::NoRecipients => Reply::new(554, (5, 5, 1), "No valid recipients"),
+        InjectError::ShuttingDown => Reply::new(421, (4, 3, 2), "Service shutting down"),
+        InjectError::Overloaded(_) => Reply::new(451, (4, 3, 2), "Service busy, try again later"),
+        _ => Reply::new(451, (4, 3, 0), "Temporary local problem, message not queued"),
+    }
+}
+
+impl Handler for SmtpHandler {
+    fn on_connect(&self, _info: &SessionInfo) -> Result<(), Reply> {
+        if !self.engine.is_accepting() {
+            return Err(Reply::new(421, (4, 3, 2), "Service shutting down"));
+        }
+        Ok(())
+    }
+
+    fn on_mail(&self, _info: &SessionInfo, sender: &str) -> Result<(), Reply> {
+        if !sender.is_empty() {
+            if let Err(reason) = mta_core::reception::check_address(sender) {
+                return Err(Reply::new(553, (5, 1, 7), format!("Bad sender address: {reason}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_rcpt(&self, info: &SessionInfo, _sender: &str, rcpt: &str) -> Result<(), Reply> {
+        if let Err(reason) = mta_core::reception::check_address(rcpt) {
+            return Err(Reply::new(553, (5, 1, 3), format!("Bad recipient address: {reason}")));
+        }
+        if self.may_relay(info) || self.is_relay_domain(rcpt) {
+            Ok(())
+        } else {
+            Err(Reply::new(550, (5, 7, 1), "Relay access denied"))
+        }
+    }
+
+    fn auth_enabled(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    fn authenticate(&self, user: &str, password: &str) -> impl std::future::Future<Output = bool> + Send {
+        let users = self.users.clone();
+        let (user, password) = (user.to_string(), password.to_string());
+        async move {
+            // argon2 costs milliseconds of CPU: keep it off the async workers.
+            tokio::task::spawn_blocking(move || users.verify(&user, &password)).await.unwrap_or(false)
+        }
+    }
+
+    fn queue(
+        &self,
+        info: &SessionInfo,
+        txn: Transaction,
+    ) -> impl std::future::Future<Output = Result<String, Reply>> + Send {
+        let engine = self.engine.clone();
+        let injection = Injection {
+            sender: txn.sender,
+            recipients: txn.recipients,
+            content: txn.data,
+            tenant: None,
+            pool: None,
+            priority: mta_core::Priority::Bulk,
+            protocol: Protocol::Esmtp { tls: info.tls, auth: info.auth_user.is_some() },
+            peer: Some(info.peer.ip()),
+            helo: info.helo.clone(),
+            auth_user: info.auth_user.clone(),
+        };
+        async move {
+            let started = std::time::Instant::now();
+            match engine.inject(injection).await {
+                Ok(accepted) => {
+                    // End of data to the 250: what a client waits for durability.
+                    metrics::histogram!("mta_smtp_ack_seconds").record(started.elapsed().as_secs_f64());
+                    Ok(accepted.id.to_string())
+                }
+                Err(e) => {
+                    if e.is_temporary() {
+                        tracing::warn!(error = %e, "message not queued");
+                    }
+                    Err(reply_for(&e))
+                }
+            }
+        }
+    }
+}

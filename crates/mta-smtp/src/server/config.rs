@@ -1,0 +1,69 @@
+//! How a session behaves: limits, timeouts and TLS.
+
+use std::time::Duration;
+
+/// Session settings shared by every connection of a listener (wrap in an `Arc`).
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// Our name in the greeting, in EHLO and in timeout replies.
+    pub hostname: String,
+    /// Command line cap in octets, CRLF included (RFC 5321 §4.5.3.1.4).
+    pub max_command_line: usize,
+    /// Text line cap in DATA/BDAT content, without CRLF (RFC 5322 §2.1.1).
+    pub max_line: usize,
+    /// Announced in SIZE and enforced on DATA and BDAT.
+    pub max_message_size: u64,
+    /// Recipients per transaction; over it `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Bad commands before `421 4.7.0` and close.
+    pub max_errors: u32,
+    /// `Received:` fields allowed in a message; more is a loop: `554 5.4.6`.
+    pub max_hops: usize,
+    /// Waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
+    pub timeout_command: Duration,
+    /// Waiting for each block of DATA/BDAT content (RFC 5321 §4.5.3.2: 3 minutes minimum).
+    pub timeout_data: Duration,
+    /// Offer AUTH without TLS.
+    pub allow_plaintext_auth: bool,
+    /// STARTTLS is offered (and `smtps` listeners work) when set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Time allowed for a PROXY protocol header on listeners that expect one.
+    pub timeout_proxy_header: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            hostname: "localhost".to_owned(),
+            max_command_line: 512,
+            max_line: 998,
+            max_message_size: 52_428_800,
+            max_recipients: 1000,
+            max_errors: 10,
+            max_hops: 50,
+            timeout_command: Duration::from_secs(300),
+            timeout_data: Duration::from_secs(600),
+            allow_plaintext_auth: false,
+            tls: None,
+            timeout_proxy_header: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("hostname", &self.hostname)
+            .field("max_command_line", &self.max_command_line)
+            .field("max_line", &self.max_line)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_recipients", &self.max_recipients)
+            .field("max_errors", &self.max_errors)
+            .field("max_hops", &self.max_hops)
+            .field("timeout_command", &self.timeout_command)
+            .field("timeout_data", &self.timeout_data)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,7 @@
+//! The ESMTP server: per-connection sessions over any async stream, and the TCP accept loop.
+
+pub mod config;
+pub mod handler;
+pub mod listener;
+pub mod session;
+mod stream;

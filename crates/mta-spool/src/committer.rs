@@ -1,0 +1,457 @@
+//! The group-commit thread: one dedicated OS thread makes every write durable, many at a time.
+//!
+//! A round: block for the first request, then drain whatever else is queued (up to `max_round_ops` operations
+//! or `max_round_bytes` of bodies), then
+//!
+//! 1. plan: check each request against the index (an update needs its message) — a request that fails its
+//!    check gets its own error and is left out of the round;
+//! 2. append all bodies of the round to the active segment (one `writev` per segment touched);
+//! 3. `fdatasync` the segment, so no durable record can point at bytes that are not;
+//! 4. apply every record and aux write in one sled transaction (they recover together or not at all);
+//! 5. sled flush + fsync of its files;
+//! 6. delete segments nothing points into any more (the removals are durable now), answer every waiter.
+//!
+//! A failure in steps 2–5 answers every waiter of the round with the error: never a false ack. A failed fsync or
+//! index write poisons the spool (every later write is refused), because after a failed fsync the kernel may have
+//! dropped the dirty pages and nothing can be trusted until recovery re-reads the disk.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::SpoolError;
+use crate::id::QueueId;
+use crate::record::{BodyLocation, MessageRecord};
+use crate::segment::SegmentWriter;
+use crate::spool::Shared;
+
+/// One write, committed through [`crate::Spool::commit`]; all ops of one call become durable together.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Store a message: its record and bytes. The spool fills in `record.body`. A put over an existing id
+    /// replaces that message.
+    Put {
+        /// The envelope record (its `id` is the key).
+        record: MessageRecord,
+        /// The message bytes as they will be sent.
+        body: Bytes,
+    },
+    /// Replace a message's record (recipient states, schedules). The body location is kept from the stored
+    /// record, whatever `record.body` says; fails with [`SpoolError::NotFound`] if the message is gone.
+    Update {
+        /// The new record.
+        record: MessageRecord,
+    },
+    /// Delete a message (no-op if it is already gone). Its body segment is deleted once nothing points into it.
+    Remove {
+        /// The message to delete.
+        id: QueueId,
+    },
+    /// Store a caller-chosen key and value in the aux tree (for example an idempotency key).
+    AuxPut {
+        /// Key bytes.
+        key: Vec<u8>,
+        /// Value bytes.
+        value: Vec<u8>,
+    },
+    /// Delete an aux key (no-op if absent).
+    AuxRemove {
+        /// Key bytes.
+        key: Vec<u8>,
+    },
+}
+
+/// What the committer answers a commit: the records stored by its `Put` ops, in order.
+pub(crate) type CommitReply = Result<Vec<MessageRecord>, SpoolError>;
+
+/// A message to the committer thread.
+pub(crate) enum Request {
+    /// Commit these ops in one round.
+    Commit {
+        /// The ops, applied in order.
+        ops: Vec<Op>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<CommitReply>,
+        /// When the caller queued it (for the wait-latency histogram).
+        enqueued: Instant,
+    },
+    /// Finish what is queued before this, answer, and stop.
+    Shutdown {
+        /// Answered when the committer stops.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Request {
+    /// Operations and body bytes of a request (for the round caps).
+    fn weight(&self) -> (usize, u64) {
+        match self {
+            Request::Commit { ops, .. } => {
+                let bytes =
+                    ops.iter().map(|op| if let Op::Put { body, .. } = op { body.len() as u64 } else { 0 }).sum();
+                (ops.len(), bytes)
+            }
+            Request::Shutdown { .. } => (0, 0),
+        }
+    }
+}
+
+/// Where a record's body is during planning: already stored, or the n-th body appended this round.
+#[derive(Debug, Clone, Copy)]
+enum BodyRef {
+    Stored(BodyLocation),
+    Pending(usize),
+}
+
+/// A planned index write.
+enum Write {
+    Record { key: Vec<u8>, record: Box<MessageRecord>, body: BodyRef, old: Option<BodyRef> },
+    RemoveRecord { key: Vec<u8>, old: Option<BodyRef> },
+    AuxPut { key: Vec<u8>, value: Vec<u8> },
+    AuxRemove { key: Vec<u8> },
+}
+
+/// What is known about a record key during planning.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Absent,
+    Present(BodyRef),
+    /// Stored but undecodable: can be removed or overwritten, not updated.
+    Undecodable,
+}
+
+/// The work of one round.
+#[derive(Default)]
+struct Plan {
+    bodies: Vec<(QueueId, Bytes)>,
+    writes: Vec<Write>,
+    /// Record keys written this round → their state after the planned writes.
+    slots: HashMap<Vec<u8>, Slot>,
+    /// Change in the number of records.
+    record_delta: i64,
+}
+
+/// A request accepted into the round: its waiter and the puts whose stored records it gets back.
+struct Accepted {
+    reply: oneshot::Sender<CommitReply>,
+    enqueued: Instant,
+    puts: Vec<(MessageRecord, usize)>,
+}
+
+/// The committer's state; lives on its own thread.
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    writer: SegmentWriter,
+    rx: mpsc::Receiver<Request>,
+    /// A request drained but left for the next round (it would have exceeded the caps).
+    carry: Option<Request>,
+    /// Set after a durability failure: every later write is refused.
+    poisoned: Option<String>,
+    max_round_ops: usize,
+    max_round_bytes: u64,
+}
+
+impl Committer {
+    /// A committer appending to `writer` and serving `rx`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        writer: SegmentWriter,
+        rx: mpsc::Receiver<Request>,
+        max_round_ops: usize,
+        max_round_bytes: u64,
+    ) -> Self {
+        Committer {
+            shared,
+            writer,
+            rx,
+            carry: None,
+            poisoned: None,
+            max_round_ops: max_round_ops.max(1),
+            max_round_bytes: max_round_bytes.max(1),
+        }
+    }
+
+    /// Serve requests until every sender is gone or a shutdown is asked; queued requests are finished first.
+    pub(crate) fn run(mut self) {
+        loop {
+            let first = match self.carry.take() {
+                Some(r) => r,
+                None => match self.rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let started = Instant::now();
+            let mut batch = Vec::new();
+            let mut shutdown = None;
+            let (mut ops, mut bytes) = first.weight();
+            match first {
+                Request::Shutdown { reply } => shutdown = Some(reply),
+                commit => batch.push(commit),
+            }
+            if shutdown.is_none() {
+                let delay = self.shared.flush_delay_us.load(Ordering::Relaxed);
+                if delay > 0 {
+                    std::thread::sleep(Duration::from_micros(delay));
+                }
+                while ops < self.max_round_ops && bytes < self.max_round_bytes {
+                    let Ok(next) = self.rx.try_recv() else { break };
+                    if let Request::Shutdown { reply } = next {
+                        shutdown = Some(reply);
+                        break;
+                    }
+                    let (o, b) = next.weight();
+                    if ops + o > self.max_round_ops || bytes + b > self.max_round_bytes {
+                        self.carry = Some(next);
+                        break;
+                    }
+                    ops += o;
+                    bytes += b;
+                    batch.push(next);
+                }
+            }
+            if !batch.is_empty() {
+                self.round(batch, started, ops, bytes);
+            }
+            if let Some(reply) = shutdown {
+                // Refuse what is still queued (its waiters see `Closed`), then stop.
+                self.rx.close();
+                if let Some(Request::Commit { reply, .. }) = self.carry.take() {
+                    let _ = reply.send(Err(SpoolError::Closed));
+                }
+                let _ = reply.send(());
+                break;
+            }
+        }
+        tracing::debug!("spool committer stopped");
+    }
+
+    /// Run one round over `batch` and answer its waiters.
+    fn round(&mut self, batch: Vec<Request>, started: Instant, ops: usize, bytes: u64) {
+        let mut plan = Plan::default();
+        let mut accepted = Vec::with_capacity(batch.len());
+        for req in batch {
+            let Request::Commit { ops, reply, enqueued } = req else { continue };
+            if let Some(reason) = &self.poisoned {
+                let _ = reply.send(Err(SpoolError::Poisoned(reason.clone())));
+                continue;
+            }
+            match self.plan_request(&mut plan, ops) {
+                Ok(puts) => accepted.push(Accepted { reply, enqueued, puts }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        let outcome = if accepted.is_empty() { Ok(Vec::new()) } else { self.execute(&mut plan) };
+        let stats = &self.shared.stats;
+        // Counted before the answers go out, so a caller that sees its ack also sees the round in `stats()`.
+        stats.round(ops, bytes, started.elapsed());
+        match outcome {
+            Ok(locations) => {
+                stats.add_records(plan.record_delta);
+                // Deleting before answering keeps "removed" meaning "its segment may be gone" for the caller.
+                self.shared.segments.delete_empty(self.writer.num());
+                for a in accepted {
+                    let records = a
+                        .puts
+                        .into_iter()
+                        .map(|(mut record, i)| {
+                            if let Some(loc) = locations.get(i) {
+                                record.body = *loc;
+                            }
+                            record
+                        })
+                        .collect();
+                    stats.wait(a.enqueued.elapsed());
+                    let _ = a.reply.send(Ok(records));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, waiters = accepted.len(), "spool commit round failed");
+                for a in accepted {
+                    stats.wait(a.enqueued.elapsed());
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Check one request's ops and add them to `plan`; on error the plan is left as it was.
+    fn plan_request(&self, plan: &mut Plan, ops: Vec<Op>) -> Result<Vec<(MessageRecord, usize)>, SpoolError> {
+        let bodies_before = plan.bodies.len();
+        let mut slots: HashMap<Vec<u8>, Slot> = HashMap::new();
+        let mut writes = Vec::with_capacity(ops.len());
+        let mut delta = 0i64;
+        let mut puts = Vec::new();
+        let result = (|| {
+            for op in ops {
+                match op {
+                    Op::Put { record, body } => {
+                        let key = record.id.as_str().as_bytes().to_vec();
+                        let old = self.slot(plan, &slots, &key)?;
+                        if matches!(old, Slot::Absent) {
+                            delta += 1;
+                        }
+                        let n = plan.bodies.len();
+                        plan.bodies.push((record.id.clone(), body));
+                        puts.push((record.clone(), n));
+                        slots.insert(key.clone(), Slot::Present(BodyRef::Pending(n)));
+                        writes.push(Write::Record {
+                            key,
+                            record: Box::new(record),
+                            body: BodyRef::Pending(n),
+                            old: present(old),
+                        });
+                    }
+                    Op::Update { record } => {
+                        let key = record.id.as_str().as_bytes().to_vec();
+                        match self.slot(plan, &slots, &key)? {
+                            Slot::Present(b) => {
+                                writes.push(Write::Record { key, record: Box::new(record), body: b, old: Some(b) });
+                            }
+                            Slot::Absent => return Err(SpoolError::NotFound(record.id)),
+                            Slot::Undecodable => {
+                                return Err(SpoolError::Corrupt {
+                                    key: record.id.to_string(),
+                                    reason: "stored record cannot be decoded; not updated".into(),
+                                })
+                            }
+                        }
+                    }
+                    Op::Remove { id } => {
+                        let key = id.as_str().as_bytes().to_vec();
+                        let old = self.slot(plan, &slots, &key)?;
+                        if !matches!(old, Slot::Absent) {
+                            delta -= 1;
+                            slots.insert(key.clone(), Slot::Absent);
+                            writes.push(Write::RemoveRecord { key, old: present(old) });
+                        }
+                    }
+                    Op::AuxPut { key, value } => writes.push(Write::AuxPut { key, value }),
+                    Op::AuxRemove { key } => writes.push(Write::AuxRemove { key }),
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                plan.slots.extend(slots);
+                plan.writes.extend(writes);
+                plan.record_delta += delta;
+                Ok(puts)
+            }
+            Err(e) => {
+                plan.bodies.truncate(bodies_before);
+                Err(e)
+            }
+        }
+    }
+
+    /// The state of record `key`: this request's writes, then this round's, then the index.
+    fn slot(&self, plan: &Plan, slots: &HashMap<Vec<u8>, Slot>, key: &[u8]) -> Result<Slot, SpoolError> {
+        if let Some(s) = slots.get(key).or_else(|| plan.slots.get(key)) {
+            return Ok(*s);
+        }
+        let stored = self.shared.index.records.get(key).map_err(|e| SpoolError::sled("read record", e))?;
+        Ok(match stored {
+            None => Slot::Absent,
+            Some(v) => match MessageRecord::decode(&v) {
+                Ok(r) => Slot::Present(BodyRef::Stored(r.body)),
+                Err(_) => Slot::Undecodable,
+            },
+        })
+    }
+
+    /// Steps 2–5 of a round; returns the locations of the appended bodies.
+    fn execute(&mut self, plan: &mut Plan) -> Result<Vec<BodyLocation>, SpoolError> {
+        let shared = Arc::clone(&self.shared);
+        let segments = &shared.segments;
+        let locations = if plan.bodies.is_empty() {
+            Vec::new()
+        } else {
+            let locations = segments.append(&mut self.writer, &plan.bodies)?;
+            segments.sync(&self.writer).map_err(|e| self.poison(e))?;
+            locations
+        };
+        let resolve = |b: BodyRef| match b {
+            BodyRef::Stored(loc) => loc,
+            BodyRef::Pending(i) => locations.get(i).copied().unwrap_or_default(),
+        };
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let mut aux_ops: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
+        // Writes are replayed in order inside the transaction; keep them as one ordered list per tree.
+        let mut record_ops: Vec<(&[u8], Option<Vec<u8>>)> = Vec::new();
+        for w in &mut plan.writes {
+            match w {
+                Write::Record { key, record, body, old } => {
+                    let loc = resolve(*body);
+                    record.body = loc;
+                    added.push(loc.segment);
+                    if let Some(o) = old {
+                        removed.push(resolve(*o).segment);
+                    }
+                    record_ops.push((key.as_slice(), Some(record.encode())));
+                }
+                Write::RemoveRecord { key, old } => {
+                    if let Some(o) = old {
+                        removed.push(resolve(*o).segment);
+                    }
+                    record_ops.push((key.as_slice(), None));
+                }
+                Write::AuxPut { key, value } => aux_ops.push((key.as_slice(), Some(value.as_slice()))),
+                Write::AuxRemove { key } => aux_ops.push((key.as_slice(), None)),
+            }
+        }
+        let index = &shared.index;
+        let tx: Result<(), TransactionError<()>> = (&index.records, &index.aux).transaction(|(records, aux)| {
+            for (key, value) in &record_ops {
+                match value {
+                    Some(v) => records.insert(*key, v.as_slice())?,
+                    None => records.remove(*key)?,
+                };
+            }
+            for (key, value) in &aux_ops {
+                match value {
+                    Some(v) => aux.insert(*key, *v)?,
+                    None => aux.remove(*key)?,
+                };
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match tx {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(self.poison(SpoolError::sled("apply round to index", e))),
+            Err(TransactionError::Abort(())) => {
+                return Err(self.poison(SpoolError::Poisoned("index transaction aborted".into())))
+            }
+        }
+        index.flush_durable().map_err(|e| self.poison(e))?;
+        added.retain(|s| *s != 0);
+        removed.retain(|s| *s != 0);
+        segments.adjust_live(&added, &removed);
+        Ok(locations)
+    }
+
+    /// Remember a durability failure; every later write is refused.
+    fn poison(&mut self, e: SpoolError) -> SpoolError {
+        tracing::error!(error = %e, "spool durability failure: refusing further writes until restart");
+        self.poisoned.get_or_insert_with(|| e.to_string());
+        e
+    }
+}
+
+/// The body of a slot that holds a decodable record.
+fn present(slot: Slot) -> Option<BodyRef> {
+    match slot {
+        Slot::Present(b) => Some(b),
+        _ => None,
+    }
+}

@@ -1,0 +1,483 @@
+//! The public spool handle: open/recover, durable writes through the committer, reads off the runtime.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::committer::{CommitReply, Committer, Op, Request};
+use crate::error::SpoolError;
+use crate::id::{IdGenerator, QueueId};
+use crate::index::Index;
+use crate::record::MessageRecord;
+use crate::segment::{fsync_path, Segments};
+use crate::stats::{SpoolStats, Stats};
+
+/// Default size at which a new body segment is started.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default sled cache.
+pub const DEFAULT_SLED_CACHE_BYTES: u64 = 64 << 20;
+/// Default capacity of the committer's queue (callers wait for room beyond it: back-pressure).
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// Default cap on operations per commit round.
+pub const DEFAULT_MAX_ROUND_OPS: usize = 1024;
+/// Default cap on body bytes per commit round.
+pub const DEFAULT_MAX_ROUND_BYTES: u64 = 64 << 20;
+
+/// How to open a spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Spool directory: holds `lock`, `index/` (sled) and `bodies/` (segments).
+    pub path: PathBuf,
+    /// This node's id, the suffix of every queue id made here.
+    pub node_id: String,
+    /// A new body segment is started once the active one reaches this size.
+    pub segment_size: u64,
+    /// sled page cache size.
+    pub sled_cache_bytes: u64,
+    /// Requests queued for the committer before callers wait.
+    pub channel_capacity: usize,
+    /// Most operations in one commit round.
+    pub max_round_ops: usize,
+    /// Most body bytes in one commit round (a single larger body still gets a round of its own).
+    pub max_round_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// A configuration with the defaults for everything but the path and node id.
+    pub fn new(path: impl Into<PathBuf>, node_id: impl Into<String>) -> Self {
+        SpoolConfig {
+            path: path.into(),
+            node_id: node_id.into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            sled_cache_bytes: DEFAULT_SLED_CACHE_BYTES,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            max_round_ops: DEFAULT_MAX_ROUND_OPS,
+            max_round_bytes: DEFAULT_MAX_ROUND_BYTES,
+        }
+    }
+}
+
+/// One aux entry: (key, value).
+pub type AuxEntry = (Vec<u8>, Vec<u8>);
+
+/// What a recovery [`Spool::scan`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Records handed to the callback.
+    pub records: u64,
+    /// Entries that could not be decoded and were moved to the quarantine tree: (printable key, reason).
+    pub quarantined: Vec<(String, String)>,
+}
+
+/// State shared by the handles, the committer thread and blocking readers.
+pub(crate) struct Shared {
+    pub(crate) index: Index,
+    pub(crate) segments: Segments,
+    pub(crate) stats: Arc<Stats>,
+    /// Fault injection: the committer sleeps this long (µs) before each round; 0 = off.
+    pub(crate) flush_delay_us: AtomicU64,
+}
+
+/// A durable message spool. Cheap to clone; every clone is the same spool.
+///
+/// Writes go through one committer thread that makes many of them durable with one fsync (group commit); an
+/// async write returns only once its data is durable. Reads run on tokio's blocking pool. When the last clone
+/// is dropped the committer finishes what is queued and stops (the drop waits for that, briefly).
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Feeds the committer; `None` once dropped (which tells the committer to stop).
+    tx: Option<mpsc::Sender<Request>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    ids: IdGenerator,
+    path: PathBuf,
+    /// Our exclusive `flock` on `<path>/lock`; declared last so it is released after everything else.
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(handle) = self.committer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    /// Open (creating if needed) the spool at `config.path`, recover its state and start the committer.
+    ///
+    /// Blocking (it walks every record once to rebuild segment counts): call it once at start-up, before the
+    /// runtime serves traffic, or use [`Spool::open_async`]. Fails with [`SpoolError::Locked`] if the spool is
+    /// open elsewhere.
+    pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        if config.segment_size == 0 || config.channel_capacity == 0 || config.max_round_ops == 0 {
+            return Err(SpoolError::InvalidConfig(
+                "segment_size, channel_capacity and max_round_ops must be above 0".into(),
+            ));
+        }
+        let path = config.path.clone();
+        std::fs::create_dir_all(&path).map_err(|e| SpoolError::io(format!("create {}", path.display()), e))?;
+        let lock = lock_spool(&path)?;
+        let stats = Arc::new(Stats::default());
+        let index = Index::open(&path.join("index"), config.sled_cache_bytes, stats.clone())?;
+        let survey = index.survey()?;
+        let (segments, existing) = Segments::open(path.join("bodies"), config.segment_size, stats.clone())?;
+
+        let mut live = survey.per_segment.clone();
+        for s in &existing {
+            live.entry(*s).or_insert(0);
+        }
+        for s in survey.per_segment.keys() {
+            if existing.binary_search(s).is_err() {
+                tracing::error!(segment = s, "records point into a missing body segment; their reads will fail");
+            }
+        }
+        let active = live.keys().copied().max().unwrap_or(0) + 1;
+        segments.set_live(live);
+        let writer = segments.create_writer(active)?;
+        if survey.unknown == 0 {
+            segments.delete_empty(active);
+        } else {
+            tracing::warn!(
+                undecodable = survey.unknown,
+                "undecodable records found: keeping all body segments until they are quarantined by a scan"
+            );
+        }
+        fsync_path(&path, &stats)?;
+
+        let ids = IdGenerator::new(&config.node_id);
+        if let Some(newest) = &survey.newest {
+            ids.observe(newest);
+        }
+        stats.set_records(survey.records as i64);
+        tracing::info!(path = %path.display(), records = survey.records, active_segment = active, "spool opened");
+
+        let shared = Arc::new(Shared { index, segments, stats, flush_delay_us: AtomicU64::new(0) });
+        let (tx, rx) = mpsc::channel(config.channel_capacity);
+        let committer = Committer::new(shared.clone(), writer, rx, config.max_round_ops, config.max_round_bytes);
+        let handle = std::thread::Builder::new()
+            .name("mta-spool-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| SpoolError::io("spawn committer thread", e))?;
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                committer: Mutex::new(Some(handle)),
+                shared,
+                ids,
+                path,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// [`Spool::open`] on tokio's blocking pool.
+    pub async fn open_async(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        tokio::task::spawn_blocking(move || Spool::open(config)).await.map_err(join_error)?
+    }
+
+    /// The spool directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A fresh queue id, later than every id in the spool at open.
+    pub fn next_id(&self) -> QueueId {
+        self.inner.ids.next_id()
+    }
+
+    /// Store a message durably; returns the stored record (with its body location).
+    ///
+    /// If the future is dropped after the request was queued, the message may still be stored.
+    pub async fn put(&self, record: MessageRecord, body: Bytes) -> Result<MessageRecord, SpoolError> {
+        let mut stored = self.submit(vec![Op::Put { record, body }]).await?;
+        stored.pop().ok_or(SpoolError::Closed)
+    }
+
+    /// Commit `ops` in one round: all durable together, in order, or an error for all.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
+        self.submit(ops).await.map(|_| ())
+    }
+
+    /// Like [`Spool::commit`], returning the records stored by the `Put` ops (with body locations), in order.
+    pub async fn commit_returning(&self, ops: Vec<Op>) -> Result<Vec<MessageRecord>, SpoolError> {
+        self.submit(ops).await
+    }
+
+    /// Replace a message's record durably (states, schedules); its body is kept.
+    pub async fn update(&self, record: MessageRecord) -> Result<(), SpoolError> {
+        self.commit(vec![Op::Update { record }]).await
+    }
+
+    /// Delete a message durably (no-op if it is already gone).
+    pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.commit(vec![Op::Remove { id: id.clone() }]).await
+    }
+
+    async fn submit(&self, ops: Vec<Op>) -> CommitReply {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.inner.tx.as_ref().ok_or(SpoolError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Request::Commit { ops, reply, enqueued: Instant::now() }).await.map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The record of message `id`, if present.
+    pub async fn get(&self, id: &QueueId) -> Result<Option<MessageRecord>, SpoolError> {
+        let this = self.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || this.get_blocking(&id)).await.map_err(join_error)?
+    }
+
+    /// [`Spool::get`] for threads that may block (CLI tools, recovery).
+    pub fn get_blocking(&self, id: &QueueId) -> Result<Option<MessageRecord>, SpoolError> {
+        let stored = self.shared().index.records.get(id.as_str()).map_err(|e| SpoolError::sled("read record", e))?;
+        match stored {
+            None => Ok(None),
+            Some(v) => MessageRecord::decode(&v)
+                .map(Some)
+                .map_err(|e| SpoolError::Corrupt { key: id.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// The message bytes of `record`, checked against the stored checksum ([`SpoolError::Corrupt`] if not).
+    pub async fn read_body(&self, record: &MessageRecord) -> Result<Bytes, SpoolError> {
+        let this = self.clone();
+        let id = record.id.clone();
+        let loc = record.body;
+        tokio::task::spawn_blocking(move || this.shared().segments.read(&id, &loc)).await.map_err(join_error)?
+    }
+
+    /// [`Spool::read_body`] for threads that may block.
+    pub fn read_body_blocking(&self, record: &MessageRecord) -> Result<Bytes, SpoolError> {
+        self.shared().segments.read(&record.id, &record.body)
+    }
+
+    /// The value of aux key `key`, if present.
+    pub async fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
+        let this = self.clone();
+        let key = key.to_vec();
+        tokio::task::spawn_blocking(move || this.aux_get_blocking(&key)).await.map_err(join_error)?
+    }
+
+    /// [`Spool::aux_get`] for threads that may block.
+    pub fn aux_get_blocking(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
+        let v = self.shared().index.aux.get(key).map_err(|e| SpoolError::sled("read aux key", e))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    /// Every aux entry whose key starts with `prefix`, in key order (blocking).
+    pub fn aux_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<AuxEntry>, SpoolError> {
+        self.shared()
+            .index
+            .aux
+            .scan_prefix(prefix)
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| SpoolError::sled("scan aux keys", e)))
+            .collect()
+    }
+
+    /// Hand every record to `f`, oldest id first, for rebuilding the queues at start-up (blocking: run it on a
+    /// blocking thread).
+    ///
+    /// An entry that cannot be decoded (bad checksum, unknown version, key not UTF-8 or not its record's id) is
+    /// logged with its key, moved durably to the quarantine tree and listed in the report; the other records are
+    /// still handed over. Records are streamed, never collected.
+    pub fn scan(&self, mut f: impl FnMut(MessageRecord)) -> Result<ScanReport, SpoolError> {
+        let index = &self.shared().index;
+        let mut report = ScanReport::default();
+        let mut bad: Vec<(sled::IVec, sled::IVec, String)> = Vec::new();
+        for item in index.records.iter() {
+            let (key, value) = item.map_err(|e| SpoolError::sled("read records", e))?;
+            let checked = match std::str::from_utf8(&key) {
+                Err(_) => Err("key is not valid UTF-8".to_string()),
+                Ok(k) => match MessageRecord::decode(&value) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(r) if r.id.as_str() != k => Err(format!("record id {} does not match its key", r.id)),
+                    Ok(r) => Ok(r),
+                },
+            };
+            match checked {
+                Ok(r) => {
+                    report.records += 1;
+                    f(r);
+                }
+                Err(reason) => bad.push((key, value, reason)),
+            }
+        }
+        for (key, value, reason) in bad {
+            let printable = printable_key(&key);
+            tracing::error!(key = %printable, %reason, "quarantining undecodable spool record");
+            if self.quarantine(&key, &value, &reason)? {
+                report.quarantined.push((printable, reason));
+            }
+        }
+        if !report.quarantined.is_empty() {
+            index.flush_durable()?;
+            self.shared().stats.add_records(-(report.quarantined.len() as i64));
+        }
+        Ok(report)
+    }
+
+    /// Move `key` from records to quarantine if it still holds `value`; true if moved.
+    fn quarantine(&self, key: &[u8], value: &[u8], reason: &str) -> Result<bool, SpoolError> {
+        let index = &self.shared().index;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let entry = serde_json::json!({
+            "reason": reason,
+            "quarantined_at_ms": now_ms,
+            "raw_hex": hex(value),
+        })
+        .to_string();
+        let moved: Result<bool, sled::transaction::TransactionError<()>> = (&index.records, &index.quarantine)
+            .transaction(|(records, quarantine)| {
+                if records.get(key)?.as_deref() != Some(value) {
+                    return Ok(false);
+                }
+                records.remove(key)?;
+                quarantine.insert(key, entry.as_bytes())?;
+                Ok(true)
+            });
+        moved.map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => SpoolError::sled("quarantine record", e),
+            sled::transaction::TransactionError::Abort(()) => {
+                SpoolError::Corrupt { key: printable_key(key), reason: "quarantine aborted".into() }
+            }
+        })
+    }
+
+    /// The quarantined entries: (printable key, reason).
+    pub fn quarantined(&self) -> Result<Vec<(String, String)>, SpoolError> {
+        self.shared()
+            .index
+            .quarantine
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(|e| SpoolError::sled("read quarantine", e))?;
+                let reason = serde_json::from_slice::<serde_json::Value>(&v)
+                    .ok()
+                    .and_then(|j| j.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| "unreadable quarantine entry".into());
+                Ok((printable_key(&k), reason))
+            })
+            .collect()
+    }
+
+    /// Number of messages in the spool.
+    pub fn len(&self) -> usize {
+        self.shared().stats.records() as usize
+    }
+
+    /// True when the spool holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the counters (fsyncs, rounds, recent commit latencies) for the health monitor.
+    pub fn stats(&self) -> SpoolStats {
+        self.shared().stats.snapshot()
+    }
+
+    /// Fault injection for tests: the committer sleeps `delay` before each round (zero turns it off).
+    pub fn set_flush_delay(&self, delay: Duration) {
+        self.shared().flush_delay_us.store(delay.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Finish every write queued so far (durably), then stop the committer: later writes fail with
+    /// [`SpoolError::Closed`]. Reads keep working; files are released when the last clone is dropped.
+    pub async fn close(&self) {
+        if let Some(tx) = &self.inner.tx {
+            let (reply, done) = oneshot::channel();
+            if tx.send(Request::Shutdown { reply }).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+        let handle = self.inner.committer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// Write raw bytes into one of the index trees (`records`, `aux`, `quarantine`), durably, bypassing every
+    /// check. Only for tests that need corrupt data on disk.
+    #[doc(hidden)]
+    pub fn debug_insert_raw(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), SpoolError> {
+        self.shared().index.insert_raw(tree, key, value)
+    }
+
+    /// Live count of a body segment as the spool tracks it. Only for tests.
+    #[doc(hidden)]
+    pub fn debug_segment_live(&self, segment: u64) -> Option<u64> {
+        self.shared().segments.live_count(segment)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+}
+
+/// Take the exclusive lock on `<path>/lock`, or fail with [`SpoolError::Locked`].
+fn lock_spool(path: &Path) -> Result<File, SpoolError> {
+    let lock_path = path.join("lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| SpoolError::io(format!("open {}", lock_path.display()), e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(SpoolError::Locked(path.to_path_buf()));
+        }
+        return Err(SpoolError::io(format!("lock {}", lock_path.display()), err));
+    }
+    Ok(file)
+}
+
+/// A key for logs and reports: itself if UTF-8, else `hex:<bytes>`.
+fn printable_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!("hex:{}", hex(key)),
+    }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A blocking task that panicked or was cancelled.
+fn join_error(e: tokio::task::JoinError) -> SpoolError {
+    SpoolError::io("blocking spool task", std::io::Error::other(e.to_string()))
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): installs what the tests need, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    echo "installing test tools: ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# The end-to-end tests start the real binary: build it first so they find it next to the test executables.
+cargo build --workspace --bins
+cargo test --workspace -- "$@"
