@@ -40,6 +40,9 @@ class Server:
                 f'[http]\nlisten = "127.0.0.1:{self.http}"\n'
                 f'[spool]\npath = "{self.dir}/spool"\n[log]\nevents = "{self.dir}/events.jsonl"\n{extra}\n'
             )
+            if "[dns]" not in extra:
+                # Benchmarks never query DNS off the machine.
+                f.write('[dns]\nnameservers = ["127.0.0.1:9"]\n')
         self.config = cfg
         cmd = [BIN, "serve", "--config", cfg]
         if strace:

@@ -63,6 +63,12 @@ impl TestServer {
             spool = dir.join("spool").display(),
             events = dir.join("events.jsonl").display(),
         );
+        // Tests never send DNS traffic off the machine: without a test DNS server, a closed loopback port.
+        let config = if config.contains("[dns]") {
+            config
+        } else {
+            format!("{config}\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n")
+        };
         // `[smtp] listen` must be inside the user's [smtp] table if they have one.
         let config = if config.contains("[smtp]") {
             config.replacen("[smtp]", &format!("[smtp]\nlisten = [\"{smtp}\"]"), 1)
@@ -348,3 +354,6 @@ pub fn http_post_json(
     all.extend_from_slice(headers);
     http_request(addr, "POST", path, &all, body.to_string().as_bytes())
 }
+
+/// A programmable SMTP sink (independent server) for delivery tests.
+pub mod sink;

@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use mta_spool::{MessageRecord, Op, Priority, QueueId, Source, Spool, SpoolConfig};
 
+use crate::delivery::{Delivery, DeliveryConfig};
+use crate::dns::{DnsConfig, Resolver};
 use crate::error::{EngineError, InjectError};
 use crate::events::{now_rfc3339, Event, EventLog, EventType};
 use crate::reception::{check_address, received_header, Protocol};
@@ -33,6 +35,10 @@ pub struct EngineConfig {
     pub max_recipients: usize,
     /// Largest message accepted (after our headers are added the limit is not re-checked).
     pub max_message_size: u64,
+    /// The resolver pool's settings.
+    pub dns: DnsConfig,
+    /// Delivery settings (`delivery.enabled = false` only spools).
+    pub delivery: DeliveryConfig,
 }
 
 impl EngineConfig {
@@ -46,6 +52,8 @@ impl EngineConfig {
             event_log: None,
             max_recipients: 1000,
             max_message_size: 52_428_800,
+            dns: DnsConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -114,6 +122,8 @@ pub struct RecoveryReport {
 struct Inner {
     config: EngineConfig,
     spool: Spool,
+    resolver: Resolver,
+    delivery: Delivery,
     events: EventLog,
     accepting: AtomicBool,
 }
@@ -143,23 +153,50 @@ impl Engine {
         })?;
         let mut spool_config = SpoolConfig::new(config.spool_path.clone(), &config.node_id);
         spool_config.sled_cache_bytes = config.spool_cache_bytes;
-        let (spool, report) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-            let spool = Spool::open(spool_config)?;
+        let resolver = Resolver::new(config.dns.clone()).map_err(EngineError::Dns)?;
+        let spool = Spool::open_async(spool_config).await?;
+        let mut delivery_config = config.delivery.clone();
+        if !delivery_config.own_names.iter().any(|n| n.eq_ignore_ascii_case(&config.hostname)) {
+            delivery_config.own_names.push(config.hostname.clone());
+        }
+        let delivery =
+            Delivery::new(delivery_config, spool.clone(), events.clone(), resolver.clone(), config.hostname.clone());
+        // Rebuild the queues: every pending (message, domain) at its stored next-attempt time; deliveries
+        // that were in flight at a crash kept their old time, so they are retried.
+        let (scan_spool, scan_delivery) = (spool.clone(), delivery.clone());
+        let report = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let mut messages = 0usize;
-            let scan = spool.scan(|_record| messages += 1)?;
-            let report = RecoveryReport { messages, quarantined: scan.quarantined };
-            Ok((spool, report))
+            let scan = scan_spool.scan(|record| {
+                messages += 1;
+                scan_delivery.enqueue(&record);
+            })?;
+            Ok(RecoveryReport { messages, quarantined: scan.quarantined })
         })
         .await
         .map_err(|e| EngineError::Join(e.to_string()))??;
         metrics::gauge!("mta_spool_records").set(report.messages as f64);
-        let engine = Engine { inner: Arc::new(Inner { config, spool, events, accepting: AtomicBool::new(true) }) };
+        if config.delivery.enabled {
+            delivery.start();
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner { config, spool, resolver, delivery, events, accepting: AtomicBool::new(true) }),
+        };
         Ok((engine, report))
     }
 
     /// The spool (for status queries and tools).
     pub fn spool(&self) -> &Spool {
         &self.inner.spool
+    }
+
+    /// The delivery engine (queue summary, suspend/resume).
+    pub fn delivery(&self) -> &Delivery {
+        &self.inner.delivery
+    }
+
+    /// The resolver pool (shared by delivery and authentication).
+    pub fn resolver(&self) -> &Resolver {
+        &self.inner.resolver
     }
 
     /// The event log (subscribe for delivery events).
@@ -242,6 +279,7 @@ impl Engine {
         let mut ops = vec![Op::Put { record: record.clone(), body: data.freeze() }];
         ops.extend(extra(&id));
         spool.commit(ops).await?;
+        self.inner.delivery.enqueue(&record);
         metrics::counter!("mta_messages_received_total", "protocol" => record.source.protocol.clone()).increment(1);
         metrics::counter!("mta_recipients_received_total").increment(record.recipients.len() as u64);
         let timestamp = now_rfc3339();
@@ -277,9 +315,16 @@ impl Engine {
         self.inner.accepting.load(Ordering::Acquire)
     }
 
-    /// Stop accepting, then flush and close the spool.
-    pub async fn shutdown(&self) {
+    /// Stop accepting, let in-flight deliveries finish and record their results (up to `limit`), then flush
+    /// and close the spool.
+    pub async fn shutdown_within(&self, limit: std::time::Duration) {
         self.stop_accepting();
+        self.inner.delivery.shutdown(limit).await;
         self.inner.spool.close().await;
+    }
+
+    /// [`Engine::shutdown_within`] 30 seconds.
+    pub async fn shutdown(&self) {
+        self.shutdown_within(std::time::Duration::from_secs(30)).await;
     }
 }

@@ -76,6 +76,9 @@ pub enum EngineError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The resolver pool could not be built (bad nameserver config, unreadable resolv.conf).
+    #[error("dns: {0}")]
+    Dns(crate::dns::DnsError),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Join(String),

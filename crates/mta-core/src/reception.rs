@@ -48,6 +48,17 @@ pub fn rfc5322_now() -> String {
     time::OffsetDateTime::now_utc().format(&fmt).unwrap_or_default()
 }
 
+/// RFC 5322 date-time of a Unix time in milliseconds.
+pub fn rfc5322_from_ms(ms: u64) -> String {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] +0000"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
 /// Keep only characters that are safe inside a header comment or token (a client's HELO is untrusted).
 fn sanitize(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\' | ';')).take(255).collect()

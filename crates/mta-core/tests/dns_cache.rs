@@ -8,7 +8,7 @@ use dns_support::{config, fixture, resolver};
 use mta_core::dns::{DnsConfig, DnsError, Source};
 
 #[tokio::test]
-async fn short_ttl_is_requeried_after_expiry() {
+async fn dns_short_ttl_is_requeried_after_expiry() {
     let f = fixture().await;
     let r = resolver(DnsConfig { refresh_before_expiry: 0.0, ..config(&f) });
     r.lookup_a("mx.short.test").await.unwrap();
@@ -21,7 +21,7 @@ async fn short_ttl_is_requeried_after_expiry() {
 }
 
 #[tokio::test]
-async fn min_ttl_clamps_short_ttls() {
+async fn dns_min_ttl_clamps_short_ttls() {
     let f = fixture().await;
     let r = resolver(DnsConfig { min_ttl: Duration::from_secs(30), ..config(&f) });
     r.lookup_a("mx.short.test").await.unwrap();
@@ -33,7 +33,7 @@ async fn min_ttl_clamps_short_ttls() {
 }
 
 #[tokio::test]
-async fn negative_answers_are_cached() {
+async fn dns_negative_answers_are_cached() {
     let f = fixture().await;
     let r = resolver(config(&f));
     for _ in 0..5 {
@@ -45,7 +45,7 @@ async fn negative_answers_are_cached() {
 }
 
 #[tokio::test]
-async fn stale_answer_served_when_upstream_fails() {
+async fn dns_stale_answer_served_when_upstream_fails() {
     let f = fixture().await;
     let r = resolver(DnsConfig { refresh_before_expiry: 0.0, ..config(&f) });
     let fresh = r.lookup_a("mx.short.test").await.unwrap();
@@ -67,7 +67,7 @@ async fn stale_answer_served_when_upstream_fails() {
 }
 
 #[tokio::test]
-async fn stale_answer_served_when_upstream_times_out() {
+async fn dns_stale_answer_served_when_upstream_times_out() {
     let f = fixture().await;
     let r = resolver(DnsConfig { refresh_before_expiry: 0.0, query_timeout: Duration::from_millis(300), ..config(&f) });
     r.lookup_a("mx.short.test").await.unwrap();
@@ -80,7 +80,7 @@ async fn stale_answer_served_when_upstream_times_out() {
 }
 
 #[tokio::test]
-async fn hot_names_refreshed_before_expiry() {
+async fn dns_hot_names_refreshed_before_expiry() {
     let f = fixture().await;
     let r = resolver(DnsConfig { refresh_before_expiry: 0.5, ..config(&f) });
     r.lookup_a("mx.short.test").await.unwrap(); // TTL 1 s
@@ -95,7 +95,7 @@ async fn hot_names_refreshed_before_expiry() {
 }
 
 #[tokio::test]
-async fn concurrent_lookups_share_one_query() {
+async fn dns_concurrent_lookups_share_one_query() {
     let f = fixture().await;
     f.proxy.set_delay(Duration::from_millis(100));
     let r = resolver(config(&f));
@@ -113,7 +113,7 @@ async fn concurrent_lookups_share_one_query() {
 }
 
 #[tokio::test]
-async fn cache_is_bounded() {
+async fn dns_cache_is_bounded() {
     let f = fixture().await;
     let r = resolver(DnsConfig { cache_entries: 100, ..config(&f) });
     for i in 0..600 {

@@ -14,7 +14,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 #[tokio::test]
-async fn mx_hosts_ordered_by_preference_with_addresses() {
+async fn dns_mx_hosts_ordered_by_preference_with_addresses() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let plan = r.resolve_mx("Multi.Test.").await.unwrap();
@@ -28,7 +28,7 @@ async fn mx_hosts_ordered_by_preference_with_addresses() {
 }
 
 #[tokio::test]
-async fn equal_preferences_are_randomised() {
+async fn dns_equal_preferences_are_randomised() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let mut orders = HashSet::new();
@@ -42,7 +42,7 @@ async fn equal_preferences_are_randomised() {
 }
 
 #[tokio::test]
-async fn implicit_mx_when_no_mx() {
+async fn dns_implicit_mx_when_no_mx() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let plan = r.resolve_mx("implicit.test").await.unwrap();
@@ -55,7 +55,7 @@ async fn implicit_mx_when_no_mx() {
 }
 
 #[tokio::test]
-async fn null_mx_is_permanent() {
+async fn dns_null_mx_is_permanent() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let e = r.resolve_mx("nullmx.test").await.unwrap_err();
@@ -64,7 +64,7 @@ async fn null_mx_is_permanent() {
 }
 
 #[tokio::test]
-async fn nxdomain_is_permanent_not_implicit() {
+async fn dns_nxdomain_is_permanent_not_implicit() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let e = r.resolve_mx("nx.test").await.unwrap_err();
@@ -74,7 +74,7 @@ async fn nxdomain_is_permanent_not_implicit() {
 }
 
 #[tokio::test]
-async fn cnames_followed_for_domain_and_mx_target() {
+async fn dns_cnames_followed_for_domain_and_mx_target() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let plan = r.resolve_mx("alias.test").await.unwrap();
@@ -86,7 +86,7 @@ async fn cnames_followed_for_domain_and_mx_target() {
 }
 
 #[tokio::test]
-async fn ipv6_only_when_enabled() {
+async fn dns_ipv6_only_when_enabled() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let plan = r.resolve_mx("v6.test").await.unwrap();
@@ -99,7 +99,7 @@ async fn ipv6_only_when_enabled() {
 }
 
 #[tokio::test]
-async fn mx_host_without_address_is_skipped() {
+async fn dns_mx_host_without_address_is_skipped() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let plan = r.resolve_mx("badhost.test").await.unwrap();
@@ -108,7 +108,7 @@ async fn mx_host_without_address_is_skipped() {
 }
 
 #[tokio::test]
-async fn max_mx_hosts_bounds_the_plan() {
+async fn dns_max_mx_hosts_bounds_the_plan() {
     let f = fixture().await;
     let r = resolver(DnsConfig { max_mx_hosts: 2, ..config(&f) });
     let plan = r.resolve_mx("multi.test").await.unwrap();
@@ -117,7 +117,7 @@ async fn max_mx_hosts_bounds_the_plan() {
 }
 
 #[tokio::test]
-async fn loop_guard_drops_self_and_less_preferred() {
+async fn dns_loop_guard_drops_self_and_less_preferred() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let plan = r.resolve_mx("multi.test").await.unwrap();
@@ -129,7 +129,7 @@ async fn loop_guard_drops_self_and_less_preferred() {
 }
 
 #[tokio::test]
-async fn idna_names_are_converted() {
+async fn dns_idna_names_are_converted() {
     let zones = vec![
         TestZone::new("test").mail_domain("xn--bcher-kva.test", &[(10, "mx.xn--bcher-kva.test", ip("127.0.9.1"))])
     ];
@@ -142,7 +142,7 @@ async fn idna_names_are_converted() {
 }
 
 #[tokio::test]
-async fn txt_records_keep_their_strings() {
+async fn dns_txt_records_keep_their_strings() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let txt = r.lookup_txt("txt.test").await.unwrap();
@@ -156,7 +156,7 @@ async fn txt_records_keep_their_strings() {
 }
 
 #[tokio::test]
-async fn lookup_ip_v4_first() {
+async fn dns_lookup_ip_v4_first() {
     let f = fixture().await;
     let r = resolver(DnsConfig { enable_ipv6: true, ..config(&f) });
     assert_eq!(r.lookup_ip("implicit.test").await.unwrap(), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1)), ip("::1")]);

@@ -24,7 +24,7 @@ fn client(stub: SocketAddr) -> TokioResolver {
 }
 
 #[tokio::test]
-async fn hickory_client_gets_answers_through_our_cache() {
+async fn dns_hickory_client_gets_answers_through_our_cache() {
     let f = fixture().await;
     let r = resolver(config(&f));
     let (addr, task) = r.serve_stub("127.0.0.1:0".parse().unwrap()).await.unwrap();

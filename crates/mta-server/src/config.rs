@@ -247,6 +247,10 @@ pub struct DnsSection {
     pub serve_stale_for: HumanDuration,
     /// Look up AAAA records for MX hosts (added key).
     pub ipv6: bool,
+    /// Deadline of one lookup, whatever the retries (added key).
+    pub lookup_timeout: HumanDuration,
+    /// Time limit of one query to one upstream (added key).
+    pub query_timeout: HumanDuration,
 }
 
 impl Default for DnsSection {
@@ -260,6 +264,8 @@ impl Default for DnsSection {
             negative_ttl: HumanDuration::secs(300),
             serve_stale_for: HumanDuration::secs(3600),
             ipv6: false,
+            lookup_timeout: HumanDuration::secs(5),
+            query_timeout: HumanDuration::secs(2),
         }
     }
 }
@@ -294,6 +300,18 @@ pub struct DeliverySection {
     pub messages_per_connection: usize,
     /// Refuse to deliver without TLS.
     pub require_tls: bool,
+    /// Deliver at all (added key; `false` only spools).
+    pub enabled: bool,
+    /// Outbound connections in total (added key).
+    pub max_connections: usize,
+    /// Bytes of message content held by outbound connections at once (added key).
+    pub max_inflight_bytes: usize,
+    /// One time limit for every SMTP client stage instead of RFC 5321's (added key; tests).
+    pub smtp_timeout: Option<HumanDuration>,
+    /// How long a site's circuit stays open after repeated connection failures (added key).
+    pub circuit_open_for: HumanDuration,
+    /// How long a throttling reply (421, 451 4.7.x) lowers a site's connections (added key).
+    pub throttle_for: HumanDuration,
 }
 
 impl Default for DeliverySection {
@@ -307,6 +325,12 @@ impl Default for DeliverySection {
             connections_per_domain: 16,
             messages_per_connection: 100,
             require_tls: false,
+            enabled: true,
+            max_connections: 2048,
+            max_inflight_bytes: 512 << 20,
+            smtp_timeout: None,
+            circuit_open_for: HumanDuration::secs(60),
+            throttle_for: HumanDuration::secs(300),
         }
     }
 }

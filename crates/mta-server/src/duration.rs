@@ -29,7 +29,7 @@ impl fmt::Display for HumanDuration {
             return write!(f, "{}ms", d.as_millis());
         }
         for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-            if secs >= n && secs % n == 0 {
+            if secs >= n && secs.is_multiple_of(n) {
                 return write!(f, "{}{unit}", secs / n);
             }
         }

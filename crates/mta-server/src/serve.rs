@@ -29,6 +29,48 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     ec.event_log = Some(config.log.events.clone());
     ec.max_recipients = config.smtp.max_recipients;
     ec.max_message_size = config.smtp.max_message_size;
+    let d = &config.dns;
+    ec.dns.nameservers = d.nameservers.clone();
+    ec.dns.max_qps_per_upstream = d.max_qps_per_upstream;
+    ec.dns.max_in_flight = d.max_in_flight;
+    ec.dns.min_ttl = d.min_ttl.get();
+    ec.dns.max_ttl = d.max_ttl.get();
+    ec.dns.negative_ttl = d.negative_ttl.get();
+    ec.dns.serve_stale_for = d.serve_stale_for.get();
+    ec.dns.enable_ipv6 = d.ipv6;
+    ec.dns.lookup_timeout = d.lookup_timeout.get();
+    ec.dns.query_timeout = d.query_timeout.get();
+    let del = &config.delivery;
+    let dc = &mut ec.delivery;
+    dc.enabled = del.enabled;
+    dc.port = del.port;
+    dc.source_address = del.source_address;
+    dc.pools = del.pool.iter().map(|p| (p.name.clone(), p.addresses.clone())).collect();
+    dc.retry_intervals = del.retry_intervals.iter().map(|d| d.get()).collect();
+    dc.max_age = del.max_age.get();
+    dc.connections_per_site = del.connections_per_domain;
+    dc.messages_per_connection = del.messages_per_connection;
+    dc.require_tls = del.require_tls;
+    dc.max_connections = del.max_connections;
+    dc.max_inflight_bytes = del.max_inflight_bytes;
+    dc.smtp_timeout = del.smtp_timeout.map(|d| d.get());
+    dc.circuit_open_for = del.circuit_open_for.get();
+    dc.throttle_for = del.throttle_for.get();
+    dc.shaping = config
+        .shaping
+        .iter()
+        .map(|s| mta_core::delivery::Shaping {
+            domain: s.domain.to_ascii_lowercase(),
+            connections: s.connections,
+            messages_per_connection: s.messages_per_connection,
+            rate: s.rate.as_deref().and_then(crate::config::parse_rate),
+        })
+        .collect();
+    dc.routes = config
+        .route
+        .iter()
+        .map(|r| mta_core::delivery::Route { domain: r.domain.to_ascii_lowercase(), relay: r.relay.clone() })
+        .collect();
     ec
 }
 
@@ -37,17 +79,18 @@ fn session_config(config: &Config) -> anyhow::Result<SessionConfig> {
         (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(cert, key)?)),
         _ => None,
     };
-    let mut sc = SessionConfig::default();
-    sc.hostname = config.server.hostname.clone();
-    sc.max_message_size = config.smtp.max_message_size;
-    sc.max_recipients = config.smtp.max_recipients;
-    sc.max_errors = u32::try_from(config.smtp.max_errors).unwrap_or(u32::MAX);
-    sc.max_hops = config.smtp.max_hops;
-    sc.timeout_command = config.smtp.timeout_command.get();
-    sc.timeout_data = config.smtp.timeout_data.get();
-    sc.allow_plaintext_auth = config.smtp.allow_plaintext_auth;
-    sc.tls = tls;
-    Ok(sc)
+    Ok(SessionConfig {
+        hostname: config.server.hostname.clone(),
+        max_message_size: config.smtp.max_message_size,
+        max_recipients: config.smtp.max_recipients,
+        max_errors: u32::try_from(config.smtp.max_errors).unwrap_or(u32::MAX),
+        max_hops: config.smtp.max_hops,
+        timeout_command: config.smtp.timeout_command.get(),
+        timeout_data: config.smtp.timeout_data.get(),
+        allow_plaintext_auth: config.smtp.allow_plaintext_auth,
+        tls,
+        ..SessionConfig::default()
+    })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -120,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!(timeout = %config.server.shutdown_timeout, "graceful stop: no new work, finishing in-flight");
+    let stop_started = std::time::Instant::now();
     let _ = shutdown_tx.send(true);
     let drain = async {
         while smtp_tasks.join_next().await.is_some() {}
@@ -128,7 +172,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(config.server.shutdown_timeout.get(), drain).await.is_err() {
         tracing::warn!("shutdown timeout reached; unfinished work stays queued");
     }
-    engine.shutdown().await;
+    // Deliveries get what is left of the shutdown budget to finish and record their results.
+    let left = config.server.shutdown_timeout.get().saturating_sub(stop_started.elapsed());
+    engine.shutdown_within(left.max(std::time::Duration::from_secs(1))).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Manual throughput check of the spool (not a test).
 //!
 //! `cargo run --release -p mta-spool --example spool_bench -- [--count N] [--concurrency C] [--size BYTES]
-//! [--batch B] [--dir PATH] [--scan 1]`
+//! [--batch B] [--dir PATH] [--scan 1] [--cache-mb MB]`
 //!
 //! Runs N puts of BYTES-byte bodies from C concurrent tokio tasks (each committing B puts per request, default 1)
 //! and prints messages per second, fsyncs per message and commit rounds. With `--scan 1` it then reopens the spool
@@ -26,6 +26,12 @@ async fn main() {
     let size = arg(&args, "--size", 1024) as usize;
     let batch = arg(&args, "--batch", 1).max(1);
     let scan = arg(&args, "--scan", 0) == 1;
+    let cache_mb = arg(&args, "--cache-mb", 64);
+    let config = move |path: &std::path::Path| {
+        let mut c = SpoolConfig::new(path, "bench");
+        c.sled_cache_bytes = cache_mb << 20;
+        c
+    };
     let dir = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).cloned();
     let (_tmp, path) = match dir {
         Some(d) => (None, std::path::PathBuf::from(d)),
@@ -35,7 +41,7 @@ async fn main() {
             (Some(t), p)
         }
     };
-    let spool = Spool::open_async(SpoolConfig::new(&path, "bench")).await.expect("open spool");
+    let spool = Spool::open_async(config(&path)).await.expect("open spool");
     let body = Bytes::from(vec![b'x'; size]);
     let next = Arc::new(AtomicU64::new(0));
     let before = spool.stats();
@@ -79,7 +85,7 @@ async fn main() {
     drop(spool);
     if scan {
         let t = Instant::now();
-        let spool = Spool::open_async(SpoolConfig::new(&path, "bench")).await.expect("reopen spool");
+        let spool = Spool::open_async(config(&path)).await.expect("reopen spool");
         let opened = t.elapsed();
         let t = Instant::now();
         let mut n = 0u64;

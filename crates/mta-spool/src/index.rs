@@ -172,7 +172,18 @@ fn body_of(value: &[u8]) -> Option<BodyLocation> {
     if value.len() < 5 || value[0] != RECORD_FORMAT_VERSION {
         return None;
     }
-    serde_json::from_slice::<BodyOnly>(&value[5..]).ok().map(|b| b.body)
+    let payload = &value[5..];
+    // Fast path: `body` is the last field written, and a quoted key cannot occur inside a JSON string (its
+    // quotes would be escaped), so the last `"body":{` starts the location object.
+    const KEY: &[u8] = b"\"body\":";
+    if let Some(at) = payload.windows(KEY.len()).rposition(|w| w == KEY) {
+        let tail = &payload[at + KEY.len()..];
+        let tail = tail.strip_suffix(b"}").unwrap_or(tail);
+        if let Ok(loc) = serde_json::from_slice::<BodyLocation>(tail) {
+            return Some(loc);
+        }
+    }
+    serde_json::from_slice::<BodyOnly>(payload).ok().map(|b| b.body)
 }
 
 impl SledSync {
@@ -237,4 +248,25 @@ fn list(dir: &Path) -> Result<Option<HashSet<OsString>>, SpoolError> {
         names.insert(entry.file_name());
     }
     Ok(Some(names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::MessageRecord;
+
+    #[test]
+    fn body_of_reads_the_location_fast_and_slow() {
+        let g = crate::id::IdGenerator::new("t");
+        let mut r = MessageRecord::new(g.next_id(), "s@x", &["\"body\":{\"segment\":9}@y".to_string()], 1);
+        r.body = BodyLocation { segment: 3, offset: 40, len: 7, crc32: 99 };
+        assert_eq!(body_of(&r.encode()), Some(r.body));
+        assert_eq!(
+            body_of(b"\x01\0\0\0\0{\"body\":{\"segment\":2,\"offset\":1,\"len\":0,\"crc32\":0},\"x\":1}")
+                .map(|b| b.segment),
+            Some(2)
+        );
+        assert_eq!(body_of(b"\x01\0\0\0\0not json"), None);
+        assert_eq!(body_of(b"\x02"), None);
+    }
 }

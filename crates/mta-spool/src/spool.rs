@@ -66,6 +66,9 @@ impl SpoolConfig {
     }
 }
 
+/// Records per chunk handed from the sled walker to the decoder during a scan.
+const SCAN_CHUNK: usize = 512;
+
 /// One aux entry: (key, value).
 pub type AuxEntry = (Vec<u8>, Vec<u8>);
 
@@ -308,24 +311,52 @@ impl Spool {
         let index = &self.shared().index;
         let mut report = ScanReport::default();
         let mut bad: Vec<(sled::IVec, sled::IVec, String)> = Vec::new();
-        for item in index.records.iter() {
-            let (key, value) = item.map_err(|e| SpoolError::sled("read records", e))?;
-            let checked = match std::str::from_utf8(&key) {
-                Err(_) => Err("key is not valid UTF-8".to_string()),
-                Ok(k) => match MessageRecord::decode(&value) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(r) if r.id.as_str() != k => Err(format!("record id {} does not match its key", r.id)),
-                    Ok(r) => Ok(r),
-                },
-            };
-            match checked {
-                Ok(r) => {
-                    report.records += 1;
-                    f(r);
+        // One thread walks sled (page faults, node decoding) while this one decodes records and calls `f`:
+        // the two halves of the work overlap. Chunks keep the channel cheap and memory bounded.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(sled::IVec, sled::IVec)>, sled::Error>>(8);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+                for item in index.records.iter() {
+                    match item {
+                        Ok(kv) => chunk.push(kv),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    if chunk.len() == SCAN_CHUNK
+                        && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK)))).is_err()
+                    {
+                        return;
+                    }
                 }
-                Err(reason) => bad.push((key, value, reason)),
+                if !chunk.is_empty() {
+                    let _ = tx.send(Ok(chunk));
+                }
+            });
+            for chunk in rx {
+                let chunk = chunk.map_err(|e| SpoolError::sled("read records", e))?;
+                for (key, value) in chunk {
+                    let checked = match std::str::from_utf8(&key) {
+                        Err(_) => Err("key is not valid UTF-8".to_string()),
+                        Ok(k) => match MessageRecord::decode(&value) {
+                            Err(e) => Err(e.to_string()),
+                            Ok(r) if r.id.as_str() != k => Err(format!("record id {} does not match its key", r.id)),
+                            Ok(r) => Ok(r),
+                        },
+                    };
+                    match checked {
+                        Ok(r) => {
+                            report.records += 1;
+                            f(r);
+                        }
+                        Err(reason) => bad.push((key, value, reason)),
+                    }
+                }
             }
-        }
+            Ok::<(), SpoolError>(())
+        })?;
         for (key, value, reason) in bad {
             let printable = printable_key(&key);
             tracing::error!(key = %printable, %reason, "quarantining undecodable spool record");

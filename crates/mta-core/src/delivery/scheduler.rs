@@ -21,6 +21,8 @@ pub struct Work {
     pub domain: u32,
     /// Interned tenant (0 = none).
     pub tenant: u32,
+    /// Interned egress pool (0 = default source).
+    pub pool: u32,
     /// Reception time (start of `max_age`), Unix ms.
     pub received_ms: u64,
     /// Dispatch priority.
@@ -119,6 +121,8 @@ pub struct Scheduler {
     pub tenants: Interner,
     /// Node suffixes of queue ids.
     pub nodes: Interner,
+    /// Egress pools (0 is the default source).
+    pub pools: Interner,
 }
 
 impl Scheduler {
@@ -126,6 +130,7 @@ impl Scheduler {
     pub fn new() -> Self {
         let mut s = Scheduler::default();
         s.tenants.intern("");
+        s.pools.intern("");
         s
     }
 
@@ -253,7 +258,7 @@ impl Scheduler {
             })
             .collect();
         for &d in &self.suspended {
-            if !rows.iter().any(|r| r.domain.as_ref() == &*self.domains.name(d)) {
+            if !rows.iter().any(|r| *r.domain == *self.domains.name(d)) {
                 rows.push(QueueRow {
                     tenant: String::new(),
                     domain: self.domains.name(d).to_string(),
@@ -286,6 +291,7 @@ mod tests {
             msg: CompactId::new(&id, &mut s.nodes),
             domain: s.domains.intern(domain),
             tenant: 0,
+            pool: 0,
             received_ms,
             priority: Priority::Bulk,
         }

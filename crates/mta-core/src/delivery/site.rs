@@ -55,6 +55,8 @@ pub struct Site {
     bulk: VecDeque<Work>,
     /// Connections open (or opening) now.
     pub active: usize,
+    /// Of those, connections idle and waiting for work (kept open for reuse).
+    pub idle: usize,
     /// Configured limits.
     pub limits: SiteLimits,
     throttled: Option<(usize, Instant)>,
@@ -74,6 +76,7 @@ impl Site {
             transactional: VecDeque::new(),
             bulk: VecDeque::new(),
             active: 0,
+            idle: 0,
             limits,
             throttled: None,
             consecutive_failures: 0,
@@ -207,7 +210,7 @@ mod tests {
     fn work(priority: Priority) -> Work {
         let mut n = Interner::default();
         let id = mta_spool::IdGenerator::new("x").next_id();
-        Work { msg: CompactId::new(&id, &mut n), domain: 0, tenant: 0, received_ms: 0, priority }
+        Work { msg: CompactId::new(&id, &mut n), domain: 0, tenant: 0, pool: 0, received_ms: 0, priority }
     }
 
     #[test]

@@ -61,17 +61,30 @@ pub(crate) struct Cache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
     /// (name, type) that failed transiently a moment ago: callers get the failure (or a stale
     /// answer) at once instead of a new query each. Bounded too.
-    failures: moka::sync::Cache<Key, TransientKind>,
+    failures: moka::sync::Cache<Key, Failure>,
+    failure_memo: Duration,
 }
+
+/// RFC 9520: resolution failures are cached, with exponential backoff for persistent ones
+/// (`failure_memo`, x2 per consecutive failure, at most 5 minutes). A success resets it.
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    kind: TransientKind,
+    count: u32,
+    until: Instant,
+}
+
+const MAX_FAILURE_MEMO: Duration = Duration::from_secs(300);
 
 impl Cache {
     pub fn new(capacity: u64, failure_memo: Duration) -> Self {
         Self {
             entries: moka::sync::Cache::builder().max_capacity(capacity).expire_after(EntryExpiry).build(),
             failures: moka::sync::Cache::builder()
-                .max_capacity((capacity / 10).max(1024))
-                .time_to_live(failure_memo.max(Duration::from_millis(1)))
+                .max_capacity(capacity.max(1024))
+                .time_to_live(MAX_FAILURE_MEMO * 2)
                 .build(),
+            failure_memo,
         }
     }
 
@@ -85,11 +98,14 @@ impl Cache {
     }
 
     pub fn recent_failure(&self, key: &Key) -> Option<TransientKind> {
-        self.failures.get(key)
+        self.failures.get(key).filter(|f| Instant::now() < f.until).map(|f| f.kind)
     }
 
     pub fn remember_failure(&self, key: Key, kind: TransientKind) {
-        self.failures.insert(key, kind);
+        let count = self.failures.get(&key).map_or(1, |f| f.count.saturating_add(1));
+        let memo = self.failure_memo.saturating_mul(1 << (count - 1).min(16)).min(MAX_FAILURE_MEMO);
+        let until = Instant::now() + memo;
+        self.failures.insert(key, Failure { kind, count, until });
     }
 
     /// Entries currently held (approximate: moka applies evictions lazily).

@@ -49,7 +49,8 @@ pub struct DnsConfig {
     /// Lookups that may wait for an in-flight slot or a token; beyond, `Overloaded` at once.
     pub queue_capacity: usize,
     /// A transient failure of a (name, type) is remembered this long: callers asking again
-    /// meanwhile get the stale answer or the failure at once, not a new query.
+    /// meanwhile get the stale answer or the failure at once, not a new query. Doubled for each
+    /// consecutive failure of the name, at most 5 minutes (RFC 9520); a success resets it.
     #[serde(with = "humantime_serde_compat")]
     pub failure_memo: Duration,
 }

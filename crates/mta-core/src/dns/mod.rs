@@ -45,8 +45,9 @@
 //! eviction) bounded to `cache_entries`, keyed by (lowercase A-label FQDN, type). Positive TTLs
 //! (the minimum over the answer, CNAMEs included) are clamped to `[min_ttl, max_ttl]`. NXDOMAIN
 //! and NODATA are cached for min(SOA negative TTL, `negative_ttl`) (RFC 2308). Transient
-//! failures are not cached as answers; a short memo (`failure_memo`, 2 s) makes callers asking
-//! again meanwhile get the failure (or a stale answer) without a new query. An entry is kept
+//! failures are not cached as answers; a short memo (`failure_memo`, 2 s, doubled per
+//! consecutive failure up to 5 min, RFC 9520) makes callers asking again meanwhile get the
+//! failure (or a stale answer) without a new query. An entry is kept
 //! `serve_stale_for` past its expiry: when the refresh fails transiently (or takes longer than
 //! `query_timeout`) the stale answer is served (RFC 8767, `mta_dns_cache_total{result=stale}`).
 //! A hit in the last `refresh_before_expiry` fraction of the TTL starts one background refresh

@@ -55,7 +55,11 @@ impl Connection {
     /// offered and allowed by the policy (then EHLO again). In [`TlsPolicy::Opportunistic`] mode a failed TLS
     /// handshake makes this call reconnect and continue in plaintext. Errors are connection-level: the caller
     /// tries the next address or MX.
-    pub async fn connect(addr: SocketAddr, server_name: &str, config: &ClientConfig) -> Result<Connection, ClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: &ClientConfig,
+    ) -> Result<Connection, ClientError> {
         let result = match Connection::open(addr, server_name, config, config.tls).await {
             Err(e) if config.tls == TlsPolicy::Opportunistic && is_handshake_failure(&e) => {
                 tracing::info!(%addr, server = server_name, error = %e, "TLS handshake failed, retrying in plaintext");
@@ -222,8 +226,7 @@ impl Connection {
         if !address_ok(env.sender) {
             return Err(ClientError::InvalidAddress(env.sender.to_string()));
         }
-        let needs_utf8 =
-            env.needs_smtputf8 || !env.sender.is_ascii() || env.recipients.iter().any(|r| !r.is_ascii());
+        let needs_utf8 = env.needs_smtputf8 || !env.sender.is_ascii() || env.recipients.iter().any(|r| !r.is_ascii());
         if needs_utf8 && !self.caps.smtputf8 {
             return Err(ClientError::SmtpUtf8NotSupported);
         }

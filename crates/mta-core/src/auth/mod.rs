@@ -1,0 +1,104 @@
+//! Mail authentication: SPF / DKIM / DMARC / ARC verification of received mail, DKIM signing of
+//! what we send, and pre-flight checks of our sending domains' DNS.
+//!
+//! # Layout
+//! - `inbound.rs`: [`Verifier`] (policy + deadline around mail-auth) → [`Verdict`] (the
+//!   `Authentication-Results:` header and an optional SMTP rejection), and
+//!   [`strip_spoofed_results`].
+//! - `signing.rs`: [`Signer`] — DKIM keys per signing domain, chosen by the `From:` domain.
+//! - `preflight.rs`: [`Preflight`] — does each sending domain's SPF authorise our source
+//!   addresses, and is its published DKIM key ours? ([`SenderStatus`], `GET /api/v1/senders`).
+//! - `error.rs`: [`AuthError`].
+//!
+//! # DNS
+//!
+//! mail-auth takes a concrete hickory `TokioResolver`. It must not become a second resolver with
+//! its own cache, retries and caps, so [`authenticator`] builds one pointed at the loopback stub
+//! of our pool ([`crate::dns::Resolver::serve_stub`]) with its cache off and no retries: every
+//! SPF/DKIM/DMARC/ARC lookup goes through our cache, coalescing, caps and metrics.
+//!
+//! ```ignore
+//! let (stub, _task) = resolver.serve_stub("127.0.0.1:0".parse()?).await?;
+//! let ma = mta_core::auth::authenticator(stub, resolver.config().lookup_timeout)?;
+//! let verifier = Verifier::new(ma.clone(), AuthPolicy::default(), hostname);
+//! ```
+//!
+//! # CPU
+//!
+//! Signing is CPU work (an RSA-2048 signature is ~1 ms): [`Signer::sign`] is synchronous and
+//! must run on `spawn_blocking` (see [`Signer::sign_blocking`]), never on the async workers.
+//! Verification is mostly DNS waits; its CPU part (body hash, a signature check per signature)
+//! is small for usual message sizes and runs inline.
+
+mod error;
+mod inbound;
+mod preflight;
+mod signing;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+pub use mail_auth::MessageAuthenticator;
+
+pub use error::AuthError;
+pub use inbound::{strip_spoofed_results, DmarcPolicy, Outcome, Reject, Summary, Verdict, Verifier, DEFAULT_DEADLINE};
+pub use preflight::{Preflight, SenderStatus, DEFAULT_REFRESH};
+pub use signing::{KeyAlgorithm, KeyConfig, Signer, DEFAULT_HEADERS, OVERSIGNED_HEADERS};
+
+/// Policy of one inbound check (`auth.spf`, `auth.dkim`, `auth.dmarc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Not checked, not reported.
+    Off,
+    /// Checked and reported in `Authentication-Results:` only.
+    #[default]
+    Record,
+    /// Checked, reported, and failures rejected (SPF, DMARC; DKIM has no enforce: a failed
+    /// signature counts as no signature, RFC 6376 §6.1, and only DMARC may reject).
+    Enforce,
+}
+
+/// The inbound policy: one [`Policy`] per method. ARC is checked (and reported) when DKIM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthPolicy {
+    /// `auth.spf`.
+    pub spf: Policy,
+    /// `auth.dkim` (`Enforce` behaves as `Record`).
+    pub dkim: Policy,
+    /// `auth.dmarc`.
+    pub dmarc: Policy,
+}
+
+impl AuthPolicy {
+    /// Every method off: [`Verifier::verify`] does nothing (no header).
+    pub fn is_off(&self) -> bool {
+        self.spf == Policy::Off && self.dkim == Policy::Off && self.dmarc == Policy::Off
+    }
+}
+
+/// A mail-auth [`MessageAuthenticator`] whose every lookup goes to our pool's loopback stub at
+/// `stub` (see [`crate::dns::Resolver::serve_stub`]): hickory's cache off, no retries (ours do
+/// that), and a per-query timeout of `lookup_timeout` + 1 s so that the pool's own answer
+/// (SERVFAIL after its deadline) arrives before hickory gives up.
+pub fn authenticator(stub: SocketAddr, lookup_timeout: Duration) -> Result<MessageAuthenticator, AuthError> {
+    let mut ns = NameServerConfig::udp_and_tcp(stub.ip());
+    for c in ns.connections.iter_mut() {
+        c.port = stub.port();
+    }
+    let mut b = TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    );
+    let o = b.options_mut();
+    o.cache_size = 0;
+    o.attempts = 0;
+    o.timeout = lookup_timeout + Duration::from_secs(1);
+    o.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    o.ndots = 0;
+    o.edns0 = true;
+    let r = b.build().map_err(|e| AuthError::Resolver(e.to_string()))?;
+    Ok(MessageAuthenticator(r))
+}

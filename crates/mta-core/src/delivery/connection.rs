@@ -1,0 +1,253 @@
+//! One outbound connection: connect with MX failover, then carry messages from the site's ready queue until
+//! the queue is empty, the per-connection limit is reached, the peer fails, or we are stopping.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mta_smtp::client::{ClientError, Connection, Envelope, RecipientOutcome};
+use mta_smtp::Reply;
+
+use super::results::{record, Outcome, Outcomes};
+use super::runtime::Shared;
+use super::scheduler::{State, Work};
+use super::site::SiteKey;
+
+/// Whether the connection can carry another message.
+enum Next {
+    Continue,
+    Close,
+}
+
+fn reply_text(r: &Reply) -> String {
+    let mut out = Vec::new();
+    r.write_to(&mut out);
+    String::from_utf8_lossy(&out).trim_end().replace("\r\n", " ")
+}
+
+/// A reply asking us to slow down: `421`, or `451 4.7.x` (RFC 3463 "security or policy status").
+fn is_throttle(r: &Reply) -> bool {
+    r.code == 421 || (r.code == 451 && r.enhanced.is_some_and(|e| e.class == 4 && e.subject == 7))
+}
+
+fn error_text(e: &ClientError) -> String {
+    match e.reply() {
+        Some(r) => reply_text(r),
+        None => format!("451 4.4.1 {e}"),
+    }
+}
+
+async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, String), String> {
+    let hops = match shared.sites.lock().get(key) {
+        Some(site) => site.hops.clone(),
+        None => return Err("site vanished".into()),
+    };
+    let mut client = shared.client.clone();
+    client.source_address = key.source.or(client.source_address);
+    let mut last = String::from("no next hop");
+    for (name, addr) in hops.targets() {
+        match Connection::connect(addr, name, &client).await {
+            Ok(conn) => {
+                metrics::counter!("mta_delivery_connections_opened_total").increment(1);
+                return Ok((conn, name.to_string()));
+            }
+            Err(e) => {
+                tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
+                last = format!("{name} [{addr}]: {}", error_text(&e));
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Run one connection for the site `key`.
+pub(crate) async fn run(shared: &Arc<Shared>, key: &SiteKey) {
+    let (mut conn, mx) = match connect(shared, key).await {
+        Ok(c) => {
+            if let Some(site) = shared.sites.lock().get_mut(key) {
+                site.connected();
+            }
+            c
+        }
+        Err(reason) => {
+            // Every address failed: one pending message takes the attempt (so it moves toward expiry); the
+            // circuit opens after repeated failures so the rest don't each wait out a connect timeout.
+            let work = {
+                let mut sites = shared.sites.lock();
+                let Some(site) = sites.get_mut(key) else { return };
+                site.connect_failed(Instant::now(), shared.cfg.circuit_threshold, shared.cfg.circuit_open_for);
+                site.pop(Instant::now())
+            };
+            if let Some(w) = work {
+                shared.sched.lock().transition(&w, State::Ready, State::InFlight);
+                let outcome = Outcome::transient(format!("451 4.4.1 Connection failed: {reason}"));
+                record(shared, w, State::InFlight, Outcomes::All(outcome), None).await;
+            }
+            return;
+        }
+    };
+    let limit = shared.sites.lock().get(key).map(|s| s.limits.messages_per_connection).unwrap_or(1);
+    let mut sent = 0usize;
+    while sent < limit && !shared.stopping.load(Ordering::Acquire) {
+        let Some(w) = next_work(shared, key).await else { break };
+        shared.sched.lock().transition(&w, State::Ready, State::InFlight);
+        sent += 1;
+        match deliver_one(shared, key, &mut conn, &mx, w).await {
+            Next::Continue => {}
+            Next::Close => return,
+        }
+    }
+    conn.quit().await;
+}
+
+/// The next work for this connection: at once if queued, else wait up to the idle time for more (so a trickle
+/// of messages reuses one connection instead of opening one each).
+async fn next_work(shared: &Arc<Shared>, key: &SiteKey) -> Option<Work> {
+    let deadline = Instant::now() + shared.cfg.idle_timeout;
+    let mut idle = false;
+    let work = loop {
+        let (work, rate_wait) = match shared.sites.lock().get_mut(key) {
+            Some(site) => {
+                let w = site.pop(Instant::now());
+                if w.is_some() && idle {
+                    site.idle -= 1;
+                    idle = false;
+                } else if w.is_none() && !idle {
+                    site.idle += 1;
+                    idle = true;
+                }
+                (w, site.rate_wait())
+            }
+            None => (None, std::time::Duration::ZERO),
+        };
+        if work.is_some() || shared.stopping.load(Ordering::Acquire) || Instant::now() >= deadline {
+            break work;
+        }
+        tokio::time::sleep(rate_wait.clamp(std::time::Duration::from_millis(5), std::time::Duration::from_millis(50)))
+            .await;
+    };
+    if idle {
+        if let Some(site) = shared.sites.lock().get_mut(key) {
+            site.idle = site.idle.saturating_sub(1);
+        }
+    }
+    work
+}
+
+async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection, mx: &str, w: Work) -> Next {
+    let (id, domain) = {
+        let s = shared.sched.lock();
+        (w.msg.to_queue_id(&s.nodes), s.domains.name(w.domain))
+    };
+    let now = super::runtime::now_ms();
+    if now.saturating_sub(w.received_ms) >= shared.cfg.max_age.as_millis() as u64 {
+        super::results::expire(shared.clone(), w, State::InFlight);
+        return Next::Continue;
+    }
+    let Some(id) = id else {
+        shared.sched.lock().leave(&w, State::InFlight);
+        return Next::Continue;
+    };
+    let rec = match shared.spool.get(&id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            shared.sched.lock().leave(&w, State::InFlight);
+            return Next::Continue;
+        }
+        Err(e) => {
+            tracing::error!(%id, error = %e, "cannot read record for delivery");
+            shared.reschedule(w, State::InFlight, now + 60_000);
+            return Next::Continue;
+        }
+    };
+    let rcpts: Vec<String> = rec
+        .recipients
+        .iter()
+        .filter(|r| *r.domain == *domain && !r.state.is_final())
+        .map(|r| r.address.clone())
+        .collect();
+    if rcpts.is_empty() {
+        shared.sched.lock().leave(&w, State::InFlight);
+        return Next::Continue;
+    }
+    let body = match shared.spool.read_body(&rec).await {
+        Ok(b) => b,
+        Err(e) => {
+            // A corrupt body can never be delivered as accepted; it stays in the spool for an operator.
+            tracing::error!(%id, error = %e, "message body unreadable; left in the spool, not delivered");
+            metrics::counter!("mta_delivery_unreadable_total").increment(1);
+            shared.sched.lock().leave(&w, State::InFlight);
+            return Next::Continue;
+        }
+    };
+    let kib = u32::try_from(body.len() / 1024 + 1)
+        .unwrap_or(u32::MAX)
+        .min(shared.mem_permits.available_permits().max(1) as u32);
+    let _mem = shared.mem_permits.clone().acquire_many_owned(kib).await.ok();
+    let env = Envelope {
+        sender: &rec.sender,
+        recipients: &rcpts,
+        needs_8bit: body.iter().any(|b| *b >= 0x80),
+        needs_smtputf8: !rec.sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
+    };
+    let started = Instant::now();
+    let result = conn.send(&env, &body).await;
+    metrics::histogram!("mta_delivery_send_seconds").record(started.elapsed().as_secs_f64());
+    let mut throttle = false;
+    let (outcomes, next) = match result {
+        Ok(res) => {
+            let mut list = Vec::with_capacity(rcpts.len());
+            let mut all_ok = true;
+            for (addr, o) in rcpts.iter().zip(res.recipients.iter()) {
+                throttle |= is_throttle(o.reply());
+                let text = reply_text(o.reply());
+                let outcome = match o {
+                    RecipientOutcome::Delivered(_) => Outcome::delivered(text),
+                    RecipientOutcome::Transient(_) => {
+                        all_ok = false;
+                        Outcome::transient(text)
+                    }
+                    RecipientOutcome::Permanent(_) => {
+                        all_ok = false;
+                        Outcome::permanent(text)
+                    }
+                };
+                list.push((addr.clone(), outcome));
+            }
+            let closing = res.data_reply.as_ref().is_some_and(|r| r.code == 421);
+            throttle |= res.data_reply.as_ref().is_some_and(is_throttle);
+            let next = if closing || !conn.is_usable() {
+                Next::Close
+            } else if !all_ok {
+                if conn.reset().await.is_ok() {
+                    Next::Continue
+                } else {
+                    Next::Close
+                }
+            } else {
+                Next::Continue
+            };
+            (Outcomes::Each(list), next)
+        }
+        Err(e) => {
+            throttle |= e.reply().is_some_and(is_throttle);
+            let text = error_text(&e);
+            let outcome = if e.is_permanent() { Outcome::permanent(text) } else { Outcome::transient(text) };
+            let next = if e.is_connection_level() {
+                Next::Close
+            } else if conn.reset().await.is_ok() {
+                Next::Continue
+            } else {
+                Next::Close
+            };
+            (Outcomes::All(outcome), next)
+        }
+    };
+    if throttle {
+        if let Some(site) = shared.sites.lock().get_mut(key) {
+            site.throttle(Instant::now(), shared.cfg.throttle_for);
+        }
+    }
+    record(shared, w, State::InFlight, outcomes, Some(mx.to_string())).await;
+    next
+}

@@ -1,0 +1,134 @@
+//! Delivery: from the spool to the next hop, politely per destination, with retries and bounces.
+//!
+//! # Layout
+//! - [`scheduler`]: the synchronous core — one timer heap for every scheduled (message, domain) pair, queue
+//!   accounting per (tenant, domain), suspensions.
+//! - [`site`]: ready queues per (egress source, site) with adaptive limits (throttling, circuit breaker, rate).
+//! - [`plan`]: next hops from the MX plan or a configured route; the site name.
+//! - `runtime`: the async driver — timers, DNS, dispatch within limits, graceful stop.
+//! - `connection`: one outbound connection carrying many messages.
+//! - `results`: outcomes recorded through the spool's group commit, events, retries, DSNs.
+//! - [`dsn`]: RFC 3464 delivery status notifications.
+//! - [`ids`]: compact in-memory ids so millions of queued messages fit in little memory.
+
+pub mod dsn;
+pub mod ids;
+pub mod plan;
+pub mod scheduler;
+pub mod site;
+
+mod connection;
+mod results;
+mod runtime;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use runtime::Delivery;
+pub use scheduler::{QueueCounts, QueueRow};
+
+/// A per-destination override of the default limits (`[[shaping]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaping {
+    /// Destination domain, or a suffix of MX host names (`google.com` matches `aspmx.l.google.com`).
+    pub domain: String,
+    /// Connection cap.
+    pub connections: Option<usize>,
+    /// Messages per connection.
+    pub messages_per_connection: Option<usize>,
+    /// Messages per second.
+    pub rate: Option<f64>,
+}
+
+/// A fixed next hop (`[[route]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination domain or `*`.
+    pub domain: String,
+    /// `host:port`.
+    pub relay: String,
+}
+
+/// How delivery behaves.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Deliver at all (off: the engine only spools, e.g. for spool tools and benchmarks of injection).
+    pub enabled: bool,
+    /// TCP port of every MX host.
+    pub port: u16,
+    /// Default outbound bind address.
+    pub source_address: Option<IpAddr>,
+    /// Egress pools: name → source addresses.
+    pub pools: HashMap<String, Vec<IpAddr>>,
+    /// Retry intervals; the last repeats; up to 10% jitter each.
+    pub retry_intervals: Vec<Duration>,
+    /// Age at which undelivered recipients expire and bounce.
+    pub max_age: Duration,
+    /// Default connections per site and source.
+    pub connections_per_site: usize,
+    /// Default messages per connection.
+    pub messages_per_connection: usize,
+    /// Refuse to send without TLS.
+    pub require_tls: bool,
+    /// Per-destination overrides.
+    pub shaping: Vec<Shaping>,
+    /// Fixed next hops.
+    pub routes: Vec<Route>,
+    /// Outbound connections in total.
+    pub max_connections: usize,
+    /// Bytes of message content held by connections at once.
+    pub max_inflight_bytes: usize,
+    /// Our own names: MX records naming them (and less preferred ones) are dropped (RFC 5321 §5.1).
+    pub own_names: Vec<String>,
+    /// Connection failures in a row that open a site's circuit.
+    pub circuit_threshold: u32,
+    /// How long an open circuit waits before one probe.
+    pub circuit_open_for: Duration,
+    /// How long a throttling reply lowers a site's connection cap.
+    pub throttle_for: Duration,
+    /// Per-stage SMTP client time limit override (tests); `None` = RFC 5321 §4.5.3.2 values.
+    pub smtp_timeout: Option<Duration>,
+    /// Use BDAT when offered.
+    pub chunking: bool,
+    /// How long an idle outbound connection waits for more work before QUIT.
+    pub idle_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            port: 25,
+            source_address: None,
+            pools: HashMap::new(),
+            retry_intervals: [60, 300, 900, 1800, 3600, 7200, 14_400].into_iter().map(Duration::from_secs).collect(),
+            max_age: Duration::from_secs(3 * 86_400),
+            connections_per_site: 16,
+            messages_per_connection: 100,
+            require_tls: false,
+            shaping: Vec::new(),
+            routes: Vec::new(),
+            max_connections: 2048,
+            max_inflight_bytes: 512 << 20,
+            own_names: Vec::new(),
+            circuit_threshold: 3,
+            circuit_open_for: Duration::from_secs(60),
+            throttle_for: Duration::from_secs(300),
+            smtp_timeout: None,
+            chunking: true,
+            idle_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The retry delay after `attempts` attempts, with up to 10% random jitter so retries of many messages
+    /// spread out instead of arriving together.
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
+        let idx = (attempts.max(1) as usize - 1).min(self.retry_intervals.len().saturating_sub(1));
+        let base = self.retry_intervals.get(idx).copied().unwrap_or(Duration::from_secs(300));
+        let jitter = base.mul_f64(rand::random::<f64>() * 0.1);
+        base + jitter
+    }
+}

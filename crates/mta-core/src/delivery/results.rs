@@ -1,0 +1,214 @@
+//! Recording outcomes: recipient states and the domain's schedule updated through the spool's group commit,
+//! a DSN written in the same round as the failure it reports, then events, then the in-memory queues.
+//!
+//! Order matters for the invariant "a message is in the spool until each recipient is delivered or bounced":
+//! the DSN and the new states become durable together, and only after that do events go out and memory forget.
+
+use std::sync::Arc;
+
+use mta_spool::{MessageKind, MessageRecord, Op, Priority, RecipientState};
+
+use super::dsn::{build_dsn, FailedRecipient};
+use super::runtime::{now_ms, Shared};
+use super::scheduler::{State, Work};
+use crate::events::{now_rfc3339, Event, EventType};
+
+/// What happened to a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Delivered,
+    Transient,
+    Permanent,
+    Expired,
+}
+
+/// An outcome with the reply that decided it.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub(crate) kind: Kind,
+    pub(crate) reply: String,
+}
+
+impl Outcome {
+    pub(crate) fn transient(reply: impl Into<String>) -> Outcome {
+        Outcome { kind: Kind::Transient, reply: reply.into() }
+    }
+    pub(crate) fn permanent(reply: impl Into<String>) -> Outcome {
+        Outcome { kind: Kind::Permanent, reply: reply.into() }
+    }
+    pub(crate) fn delivered(reply: impl Into<String>) -> Outcome {
+        Outcome { kind: Kind::Delivered, reply: reply.into() }
+    }
+}
+
+/// Outcomes of one attempt at one (message, domain).
+#[derive(Debug, Clone)]
+pub(crate) enum Outcomes {
+    /// Every pending recipient of the domain.
+    All(Outcome),
+    /// Per recipient address.
+    Each(Vec<(String, Outcome)>),
+}
+
+/// Expire `w` (past `max_age`): bounce its pending recipients with an `expiration` event and a DSN.
+pub(crate) fn expire(shared: Arc<Shared>, w: Work, from: State) {
+    let outcome = Outcome {
+        kind: Kind::Expired,
+        reply: "4.4.7 Message expired: not delivered within the maximum queue lifetime".into(),
+    };
+    tokio::spawn(async move { record(&shared, w, from, Outcomes::All(outcome), None).await });
+}
+
+/// Record an outcome decided without a connection (DNS, routing).
+pub(crate) fn finish_without_connection(shared: Arc<Shared>, w: Work, from: State, outcome: Outcome) {
+    tokio::spawn(async move { record(&shared, w, from, Outcomes::All(outcome), None).await });
+}
+
+/// Apply `outcomes` to the message of `w`, durably, then update events and queues.
+pub(crate) async fn record(shared: &Arc<Shared>, w: Work, from: State, outcomes: Outcomes, mx: Option<String>) {
+    let (id, domain) = {
+        let s = shared.sched.lock();
+        (w.msg.to_queue_id(&s.nodes), s.domains.name(w.domain))
+    };
+    let Some(id) = id else {
+        shared.sched.lock().leave(&w, from);
+        return;
+    };
+    let _guard = shared.stripes[w.msg.stripe() % shared.stripes.len()].lock().await;
+    let mut rec = match shared.spool.get(&id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            shared.sched.lock().leave(&w, from);
+            return;
+        }
+        Err(e) => {
+            tracing::error!(%id, error = %e, "cannot read record to store a delivery result; retrying later");
+            shared.reschedule(w, from, now_ms() + 60_000);
+            return;
+        }
+    };
+    let now = now_ms();
+    let max_age = shared.cfg.max_age.as_millis() as u64;
+    let too_old = now.saturating_sub(rec.received_at_ms) >= max_age;
+    let timestamp = now_rfc3339();
+    let mut events = Vec::new();
+    let mut failed = Vec::new();
+    let mut any_transient = false;
+    let mut attempted = false;
+    let mut expired_any = false;
+    // An expiry sweep is not an attempt: attempts count only real tries.
+    let is_expiry = matches!(&outcomes, Outcomes::All(o) if o.kind == Kind::Expired);
+    for r in rec.recipients.iter_mut().filter(|r| *r.domain == *domain && !r.state.is_final()) {
+        let found = match &outcomes {
+            Outcomes::All(o) => Some(o.clone()),
+            Outcomes::Each(list) => list.iter().find(|(a, _)| *a == r.address).map(|(_, o)| o.clone()),
+        };
+        let Some(mut o) = found else { continue };
+        if o.kind == Kind::Transient && too_old {
+            o = Outcome { kind: Kind::Expired, reply: format!("4.4.7 Message expired; last error: {}", o.reply) };
+        }
+        if !is_expiry {
+            r.attempts += 1;
+            attempted = true;
+        }
+        r.last_reply = Some(o.reply.clone());
+        let kind = match o.kind {
+            Kind::Delivered => {
+                r.state = RecipientState::Delivered;
+                EventType::Delivery
+            }
+            Kind::Transient => {
+                r.state = RecipientState::Deferred;
+                any_transient = true;
+                EventType::TransientFailure
+            }
+            Kind::Permanent => {
+                r.state = RecipientState::Bounced;
+                failed.push(FailedRecipient {
+                    address: r.address.clone(),
+                    reply: o.reply.clone(),
+                    remote_mta: mx.clone(),
+                });
+                EventType::Bounce
+            }
+            Kind::Expired => {
+                r.state = RecipientState::Bounced;
+                expired_any = true;
+                failed.push(FailedRecipient { address: r.address.clone(), reply: o.reply.clone(), remote_mta: None });
+                EventType::Expiration
+            }
+        };
+        metrics::counter!("mta_delivery_results_total", "result" => event_label(kind)).increment(1);
+        events.push(Event {
+            kind,
+            id: id.to_string(),
+            sender: rec.sender.clone(),
+            recipient: r.address.clone(),
+            domain: r.domain.clone(),
+            timestamp: timestamp.clone(),
+            response: o.reply.clone(),
+            mx: mx.clone(),
+            tenant: rec.tenant.clone(),
+            source: None,
+            attempts: Some(r.attempts),
+        });
+    }
+    let mut next_due = None;
+    let expires_at = rec.received_at_ms.saturating_add(max_age);
+    if let Some(schedule) = rec.schedule_mut(&domain) {
+        if attempted {
+            schedule.attempts += 1;
+            schedule.last_attempt_ms = Some(now);
+        }
+        if any_transient {
+            let delay = shared.cfg.retry_delay(schedule.attempts.max(1)).as_millis() as u64;
+            let due = (now + delay).min(expires_at);
+            schedule.next_attempt_ms = due;
+            next_due = Some(due);
+        }
+    }
+
+    let mut ops = Vec::with_capacity(2);
+    let mut dsn = None;
+    if !failed.is_empty() && !rec.sender.is_empty() && rec.kind != MessageKind::Dsn {
+        let original = shared.spool.read_body(&rec).await.unwrap_or_default();
+        let arrival = crate::reception::rfc5322_from_ms(rec.received_at_ms);
+        let bytes = build_dsn(&shared.hostname, id.as_str(), &rec.sender, &arrival, &failed, &original, expired_any);
+        let mut d = MessageRecord::new(shared.spool.next_id(), "", std::slice::from_ref(&rec.sender), now);
+        d.kind = MessageKind::Dsn;
+        d.priority = Priority::Transactional;
+        d.tenant = rec.tenant.clone();
+        d.source.protocol = "dsn".into();
+        ops.push(Op::Put { record: d.clone(), body: bytes.into() });
+        dsn = Some(d);
+    }
+    if rec.is_done() {
+        ops.push(Op::Remove { id: id.clone() });
+    } else {
+        ops.push(Op::Update { record: rec });
+    }
+    if let Err(e) = shared.spool.commit(ops).await {
+        tracing::error!(%id, error = %e, "cannot store delivery result; the attempt will be repeated");
+        shared.reschedule(w, from, now_ms() + 60_000);
+        return;
+    }
+    shared.events.emit(events).await;
+    match next_due {
+        Some(due) => shared.reschedule(w, from, due),
+        None => shared.sched.lock().leave(&w, from),
+    }
+    if let Some(d) = dsn {
+        metrics::counter!("mta_dsn_generated_total").increment(1);
+        shared.enqueue_record(&d);
+    }
+}
+
+fn event_label(kind: EventType) -> &'static str {
+    match kind {
+        EventType::Reception => "reception",
+        EventType::Delivery => "delivered",
+        EventType::TransientFailure => "transient",
+        EventType::Bounce => "bounced",
+        EventType::Expiration => "expired",
+    }
+}
