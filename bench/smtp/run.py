@@ -40,7 +40,8 @@ def run_case(server, size, sessions, reuse, count):
 def main():
     mb.build()
     strace_file = "/tmp/mta-bench-strace.txt" if "--strace" in sys.argv else None
-    server = mb.Server(strace=strace_file)
+    # Injection only: delivery off, so the figures are what intake costs.
+    server = mb.Server(extra="[delivery]\nenabled = false\n", strace=strace_file)
     rows = []
     try:
         for size in (1024, 102400):

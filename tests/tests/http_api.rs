@@ -337,3 +337,33 @@ fn http2_prior_knowledge_is_served() {
     s.read_exact(&mut header).unwrap();
     assert_eq!(header[3], 0x04, "first frame is SETTINGS: {header:?}");
 }
+
+#[test]
+fn graceful_stop_answers_503_while_injections_finish() {
+    let mut server = TestServer::start("[debug]\nfault_injection = true\n");
+    let body = json!({"envelope_sender": "s@sender.test", "recipients": ["a@dest.test"], "content": raw_message("a@dest.test")});
+    let r = http_request(
+        server.http,
+        "PUT",
+        "/api/v1/debug/faults",
+        &[("Content-Type", "application/json")],
+        br#"{"spool_flush_delay_ms": 2000}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (addr, slow_body) = (server.http, body.clone());
+    let slow = std::thread::spawn(move || http_post_json(addr, MESSAGES, &[], &slow_body));
+    std::thread::sleep(Duration::from_millis(300));
+    server.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = inject(&server, &[], &body);
+    assert_error(&refused, 503, "shutting_down", None);
+    assert!(refused.header("retry-after").is_some());
+    let ready = http_request(server.http, "GET", "/health/ready", &[], b"");
+    assert_eq!((ready.status, ready.json()["state"].clone()), (503, json!("shedding")));
+    let slow = slow.join().unwrap();
+    assert_eq!(slow.status, 202, "the in-flight injection finishes: {}", slow.text());
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    let list = server.spool_list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], slow.json()["id"]);
+}

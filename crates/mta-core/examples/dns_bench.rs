@@ -176,6 +176,11 @@ async fn main() {
                 t.await.unwrap();
             }
             let packets = proxy.received();
+            let retries = r.stats().retries;
+            println!(
+                "    retries {retries} = {:.3} of first attempts (budget 0.1)",
+                retries as f64 / (packets - retries) as f64
+            );
             println!(
                 "\n[2] SERVFAIL {:.0}% for {servfail_secs} s: {} calls, {} failed, upstream packets {packets}, max caller wait {:.1} ms (deadline {deadline:?})",
                 servfail * 100.0,

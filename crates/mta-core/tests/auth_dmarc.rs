@@ -20,7 +20,8 @@ fn keys() -> Keys {
         reject: signer(&[rsa("dmarc-reject.test", "sel")]),
         quarantine: signer(&[rsa("dmarc-quarantine.test", "sel")]),
         none: signer(&[rsa("dmarc-none.test", "sel")]),
-        other: signer(&[rsa("other.test", "sel")]),
+        // signs everything with d=other.test (a third-party signature, not aligned)
+        other: signer(&[rsa("other.test", "sel")]).with_fixed_domain("other.test").unwrap(),
     }
 }
 
@@ -44,7 +45,12 @@ fn policy(dmarc: Policy) -> AuthPolicy {
     AuthPolicy { spf: Policy::Record, dkim: Policy::Record, dmarc }
 }
 
-async fn run(v: &Verifier, ip: std::net::IpAddr, mail_from: &str, m: &[u8]) -> (Outcome, DmarcPolicy, Option<(u16, (u8, u16, u16))>, String) {
+async fn run(
+    v: &Verifier,
+    ip: std::net::IpAddr,
+    mail_from: &str,
+    m: &[u8],
+) -> (Outcome, DmarcPolicy, Option<(u16, (u8, u16, u16))>, String) {
     let verdict = v.verify(ip, "mail.other.test", mail_from, m).await;
     let (o, p, _) = verdict.summary.dmarc.clone().expect("dmarc reported");
     (o, p, verdict.reject.map(|(c, e, _)| (c, e)), verdict.header)

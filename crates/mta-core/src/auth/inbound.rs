@@ -230,11 +230,19 @@ impl Verifier {
             }
             _ => Vec::new(),
         };
-        let arc: Option<ArcOutput<'_>> = arc.map(|a| {
-            a.unwrap_or_else(|| {
+        let arc: Option<ArcOutput<'_>> = arc.map(|a| match a {
+            // RFC 8617 §10.1 defines only none / pass / fail for `arc`: mail-auth's "neutral"
+            // (e.g. body hash did not verify) and "permerror" are a failed chain
+            Some(a) => match a.result() {
+                DkimResult::Neutral(e) | DkimResult::PermError(e) => {
+                    ArcOutput::default().with_result(DkimResult::Fail(e.clone()))
+                }
+                _ => a,
+            },
+            None => {
                 timed_out = true;
                 ArcOutput::default().with_result(DkimResult::TempError(deadline_error()))
-            })
+            }
         });
 
         let dmarc: Option<DmarcOutput> = match (parsed.as_ref(), spf_mail_from.as_ref()) {

@@ -20,7 +20,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use super::signing::{normalize_domain, public_key_matches, LoadedKey, Signer};
+use super::signing::{from_domain, normalize_domain, public_key_matches, LoadedKey, Signer};
 use crate::events::now_rfc3339;
 
 /// How often every domain is checked again.
@@ -98,6 +98,11 @@ impl Preflight {
             return false;
         };
         self.state.read().get(d).is_some_and(|s| s.dkim_ok == Some(false))
+    }
+
+    /// [`Preflight::should_hold`] for the `From:` domain of `message` (no `From:`: false).
+    pub fn should_hold_message(&self, message: &[u8]) -> bool {
+        from_domain(message).is_some_and(|d| self.should_hold(&d))
     }
 
     /// Check every signing domain now; returns the new statuses.

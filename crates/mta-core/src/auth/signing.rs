@@ -262,10 +262,16 @@ fn load_key(cfg: &KeyConfig) -> Result<LoadedKey, AuthError> {
             if found != "RSA" {
                 return Err(bad(format!("holds an {found} key, but algorithm = \"rsa-sha256\"")));
             }
-            let k = RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(format!("not a usable RSA key: {e}")))?;
+            let k = RsaKey::<Sha256>::from_key_der(der).map_err(|e| {
+                if e.to_string().contains("TooSmall") {
+                    bad(format!("RSA key is too small; at least {MIN_RSA_BITS} bits are required"))
+                } else {
+                    bad(format!("not a usable RSA key: {e}"))
+                }
+            })?;
             let bits = rsa_bits(&k).map_err(|e| bad(format!("RSA key unusable: {e}")))?;
             if bits < MIN_RSA_BITS {
-                return Err(bad(format!("RSA key has {bits} bits; at least {MIN_RSA_BITS} are required")));
+                return Err(bad(format!("RSA key has {bits} bits; at least {MIN_RSA_BITS} bits are required")));
             }
             let spki = rsa_spki(&k.public_key());
             (DkimKey::Rsa(k), spki)

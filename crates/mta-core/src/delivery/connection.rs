@@ -184,64 +184,65 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
         .unwrap_or(u32::MAX)
         .min(shared.mem_permits.available_permits().max(1) as u32);
     let _mem = shared.mem_permits.clone().acquire_many_owned(kib).await.ok();
-    let env = Envelope {
-        sender: &rec.sender,
-        recipients: &rcpts,
-        needs_8bit: body.iter().any(|b| *b >= 0x80),
-        needs_smtputf8: !rec.sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
-    };
-    let started = Instant::now();
-    let result = conn.send(&env, &body).await;
-    metrics::histogram!("mta_delivery_send_seconds").record(started.elapsed().as_secs_f64());
+    let needs_8bit = body.iter().any(|b| *b >= 0x80);
     let mut throttle = false;
-    let (outcomes, next) = match result {
-        Ok(res) => {
-            let mut list = Vec::with_capacity(rcpts.len());
-            let mut all_ok = true;
-            for (addr, o) in rcpts.iter().zip(res.recipients.iter()) {
-                throttle |= is_throttle(o.reply());
-                let text = reply_text(o.reply());
-                let outcome = match o {
-                    RecipientOutcome::Delivered(_) => Outcome::delivered(text),
-                    RecipientOutcome::Transient(_) => {
-                        all_ok = false;
-                        Outcome::transient(text)
-                    }
-                    RecipientOutcome::Permanent(_) => {
-                        all_ok = false;
-                        Outcome::permanent(text)
-                    }
-                };
-                list.push((addr.clone(), outcome));
-            }
-            let closing = res.data_reply.as_ref().is_some_and(|r| r.code == 421);
-            throttle |= res.data_reply.as_ref().is_some_and(is_throttle);
-            let next = if closing || !conn.is_usable() {
-                Next::Close
-            } else if !all_ok {
-                if conn.reset().await.is_ok() {
-                    Next::Continue
-                } else {
-                    Next::Close
+    let mut list = Vec::with_capacity(rcpts.len());
+    let mut whole: Option<Outcome> = None;
+    let mut next = Next::Continue;
+    // At most 100 recipients per transaction (RFC 5321 §4.5.3.1.8 minimum every server must take).
+    for chunk in rcpts.chunks(100) {
+        let env = Envelope {
+            sender: &rec.sender,
+            recipients: chunk,
+            needs_8bit,
+            needs_smtputf8: !rec.sender.is_ascii() || chunk.iter().any(|r| !r.is_ascii()),
+        };
+        let started = Instant::now();
+        let result = conn.send(&env, &body).await;
+        metrics::histogram!("mta_delivery_send_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(res) => {
+                for (addr, o) in chunk.iter().zip(res.recipients.iter()) {
+                    throttle |= is_throttle(o.reply());
+                    let text = reply_text(o.reply());
+                    let outcome = match o {
+                        RecipientOutcome::Delivered(_) => Outcome::delivered(text),
+                        RecipientOutcome::Transient(_) => Outcome::transient(text),
+                        RecipientOutcome::Permanent(_) => Outcome::permanent(text),
+                    };
+                    list.push((addr.clone(), outcome));
                 }
-            } else {
-                Next::Continue
-            };
-            (Outcomes::Each(list), next)
+                throttle |= res.data_reply.as_ref().is_some_and(is_throttle);
+                // The client sends RSET itself after a failed transaction; an unusable connection is closed.
+                if !conn.is_usable() {
+                    next = Next::Close;
+                    break;
+                }
+            }
+            Err(e) => {
+                throttle |= e.reply().is_some_and(is_throttle);
+                let text = error_text(&e);
+                let outcome = if e.is_permanent() { Outcome::permanent(text) } else { Outcome::transient(text) };
+                for addr in chunk {
+                    list.push((addr.clone(), outcome.clone()));
+                }
+                if e.is_connection_level() || !conn.is_usable() {
+                    next = Next::Close;
+                    // Recipients of later chunks were not tried: they take the same transient result.
+                    whole = Some(if e.is_permanent() { Outcome::transient(error_text(&e)) } else { outcome });
+                    break;
+                }
+            }
         }
-        Err(e) => {
-            throttle |= e.reply().is_some_and(is_throttle);
-            let text = error_text(&e);
-            let outcome = if e.is_permanent() { Outcome::permanent(text) } else { Outcome::transient(text) };
-            let next = if e.is_connection_level() {
-                Next::Close
-            } else if conn.reset().await.is_ok() {
-                Next::Continue
-            } else {
-                Next::Close
-            };
-            (Outcomes::All(outcome), next)
+    }
+    let outcomes = match whole {
+        Some(rest) => {
+            for addr in rcpts.iter().skip(list.len()) {
+                list.push((addr.clone(), rest.clone()));
+            }
+            Outcomes::Each(list)
         }
+        None => Outcomes::Each(list),
     };
     if throttle {
         if let Some(site) = shared.sites.lock().get_mut(key) {

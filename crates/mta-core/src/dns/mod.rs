@@ -131,6 +131,8 @@ pub struct PoolStats {
     pub coalesced: u64,
     /// Background refreshes started.
     pub refreshes: u64,
+    /// Retries sent (each one a packet beyond the first attempt of a fetch).
+    pub retries: u64,
     /// Fetches waiting for an in-flight slot or a token now.
     pub queued: usize,
     /// Queries in flight now.
@@ -316,6 +318,7 @@ impl Resolver {
         PoolStats {
             coalesced: self.inner.coalesced.load(Ordering::Relaxed),
             refreshes: self.inner.refreshes.load(Ordering::Relaxed),
+            retries: self.inner.retries.load(Ordering::Relaxed),
             queued: self.inner.queued(),
             in_flight: self.inner.in_flight(),
             cache_entries: self.inner.cache.len(),

@@ -37,6 +37,7 @@ pub(crate) struct Inner {
     delay_nanos: AtomicU64,
     pub coalesced: AtomicU64,
     pub refreshes: AtomicU64,
+    pub retries: AtomicU64,
 }
 
 /// Removes the in-flight entry when the fetch task ends, even by panic.
@@ -83,6 +84,7 @@ impl Inner {
             delay_nanos: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
             upstreams,
             cfg,
@@ -216,6 +218,7 @@ impl Inner {
                 }
                 *t -= 1.0;
             }
+            self.retries.fetch_add(1, Ordering::Relaxed);
             counter!("mta_dns_retries_total").increment(1);
             if !tried.contains(&idx) {
                 tried.push(idx);

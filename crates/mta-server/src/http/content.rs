@@ -31,36 +31,27 @@ pub fn normalize_raw(text: &str) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::bad_field("invalid_content", "content", "content is empty"));
     }
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 2);
-    let mut line_len = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' => {
-                if bytes.get(i + 1) != Some(&b'\n') {
-                    return Err(ApiError::bad_field("bare_cr", "content", "content contains a CR not followed by LF"));
-                }
-                out.extend_from_slice(b"\r\n");
-                line_len = 0;
-                i += 2;
-                continue;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                line_len = 0;
-            }
-            b => {
-                line_len += 1;
-                if line_len > MAX_LINE {
-                    return Err(ApiError::bad_field(
-                        "line_too_long",
-                        "content",
-                        format!("content has a line longer than {MAX_LINE} octets"),
-                    ));
-                }
-                out.push(b);
+    let mut rest = bytes;
+    loop {
+        // One line per step: copy it whole, then its end (CRLF, or LF made CRLF).
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        if end > MAX_LINE {
+            return Err(ApiError::bad_field(
+                "line_too_long",
+                "content",
+                format!("content has a line longer than {MAX_LINE} octets"),
+            ));
+        }
+        out.extend_from_slice(&rest[..end]);
+        match rest.get(end) {
+            None => break,
+            Some(b'\n') => rest = &rest[end + 1..],
+            Some(_) if rest.get(end + 1) == Some(&b'\n') => rest = &rest[end + 2..],
+            Some(_) => {
+                return Err(ApiError::bad_field("bare_cr", "content", "content contains a CR not followed by LF"))
             }
         }
-        i += 1;
+        out.extend_from_slice(b"\r\n");
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -209,7 +200,7 @@ impl Structured {
     }
 
     /// The `From:` address (default envelope sender).
-    pub fn from_address(&self) -> &str {
+    pub fn author_address(&self) -> &str {
         &self.from.address
     }
 
@@ -240,7 +231,7 @@ impl Structured {
             } else {
                 name.into()
             };
-            if has_id && name == "Message-ID" || has_date && name == "Date" {
+            if name == "Message-ID" || name == "Date" {
                 b = b.header(name, Raw::new(value));
             } else {
                 b = b.header(name, Text::new(value));
@@ -316,7 +307,7 @@ mod tests {
             "headers": {"X-Campaign": "c1"}
         }))
         .unwrap();
-        assert_eq!(s.from_address(), "alice@sender.example");
+        assert_eq!(s.author_address(), "alice@sender.example");
         let msg = String::from_utf8(s.build("mx.example").unwrap()).unwrap();
         for needle in [
             "From: \"Alice\" <alice@sender.example>",

@@ -59,7 +59,8 @@ pub async fn post_message(
 
 async fn inject(state: &HttpState, caller: &Caller, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let engine = &state.inner.engine;
-    if !engine.is_accepting() {
+    let counted = super::Injecting::start(&state.inner);
+    if counted.is_none() || !engine.is_accepting() {
         return Err(ApiError::unavailable("shutting_down", "the node is stopping; retry elsewhere", 5));
     }
     check_content_type(headers)?;
@@ -229,7 +230,7 @@ fn parse_request(value: &Value, hostname: &str) -> Result<Request, ApiError> {
         Some(Value::String(raw)) => (normalize_raw(raw)?, None),
         Some(Value::Object(o)) => {
             let s = Structured::parse(o)?;
-            let from = s.from_address().to_string();
+            let from = s.author_address().to_string();
             (s.build(hostname)?, Some(from))
         }
         Some(_) => {

@@ -24,7 +24,7 @@ mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,6 +104,10 @@ struct Inner {
     max_body: usize,
     fault_injection: bool,
     faults: Faults,
+    /// Set at graceful stop: new injections get `503` while the ones in flight finish.
+    draining: AtomicBool,
+    /// Injections between "accepted for processing" and their answer.
+    injecting: AtomicUsize,
 }
 
 /// Shared state of every HTTP handler; cheap to clone.
@@ -135,10 +139,31 @@ impl HttpState {
             max_body,
             fault_injection: config.debug.fault_injection,
             faults: Faults::default(),
+            draining: AtomicBool::new(false),
+            injecting: AtomicUsize::new(0),
             engine,
             prometheus,
         };
         Ok(HttpState { inner: Arc::new(inner) })
+    }
+}
+
+/// Counts an injection in flight (for the graceful stop) until dropped.
+struct Injecting<'a>(&'a Inner);
+
+impl<'a> Injecting<'a> {
+    /// Count one injection; `None` (answer `503`) when the server is draining.
+    fn start(inner: &'a Inner) -> Option<Self> {
+        // Count first, then check: the drain loop either sees this count or this request sees `draining`.
+        inner.injecting.fetch_add(1, Ordering::SeqCst);
+        let guard = Injecting(inner);
+        (!inner.draining.load(Ordering::SeqCst)).then_some(guard)
+    }
+}
+
+impl Drop for Injecting<'_> {
+    fn drop(&mut self) {
+        self.0.injecting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -191,18 +216,45 @@ async fn authorize(
 
 /// Count requests by method, route and status.
 async fn track(req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = req.method().as_str().to_string();
+    // Labels as `&'static str` (route paths from ROUTES, standard methods): no allocation per request.
+    let route: &'static str = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| r.path == m.as_str()))
+        .map_or("unmatched", |r| r.path);
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "other",
+    };
     let response = next.run(req).await;
-    metrics::counter!(
-        "mta_http_requests_total",
-        "method" => method,
-        "route" => route,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
+    let status = status_label(response.status());
+    metrics::counter!("mta_http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
     response
+}
+
+/// The three-digit code of a known status as a static string.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
 }
 
 async fn live() -> impl IntoResponse {
@@ -210,7 +262,7 @@ async fn live() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<HttpState>) -> Response {
-    if state.inner.engine.is_accepting() {
+    if state.inner.engine.is_accepting() && !state.inner.draining.load(Ordering::SeqCst) {
         (StatusCode::OK, Json(json!({"state": "healthy"}))).into_response()
     } else {
         let mut response =
@@ -231,8 +283,21 @@ async fn openapi() -> Response {
 
 /// Serve the API until `shutdown` resolves, then finish in-flight requests. HTTP/1.1 and HTTP/2 (prior
 /// knowledge on plain TCP, ALPN over TLS); TLS when `http.tls_cert`/`http.tls_key` are set.
+///
+/// Graceful stop: once `shutdown` resolves, the listener stays open while injections are in flight, and every
+/// new injection (and `/health/ready`) is answered `503` + `Retry-After`; then the server stops accepting and
+/// waits for open requests.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Future<Output = ()> + Send + 'static) {
     let sweeper = tokio::spawn(state.inner.idempotency.clone().run_sweeper());
+    let drain_state = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let inner = &drain_state.inner;
+        inner.draining.store(true, Ordering::SeqCst);
+        while inner.injecting.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
     let tls = state.inner.tls.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = match tls {
