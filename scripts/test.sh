@@ -13,6 +13,12 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# dkimpy verifies our DKIM signatures independently (PyNaCl for Ed25519).
+if ! python3 -c "import dkim, nacl" >/dev/null 2>&1; then
+    echo "installing test tools: dkimpy pynacl (PyPI)"
+    python3 -m pip install --quiet dkimpy pynacl
+fi
+
 # The end-to-end tests start the real binary: build it first so they find it next to the test executables.
 cargo build --workspace --bins
 cargo test --workspace -- "$@"

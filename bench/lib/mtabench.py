@@ -1,6 +1,8 @@
 """Shared helpers for the benchmark scripts: start the release server, read its metrics and CPU time."""
+import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,11 +12,115 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "target", "release", "mta-server")
+EXAMPLES = os.path.join(ROOT, "target", "release", "examples")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def build():
-    subprocess.run(["cargo", "build", "--release", "-p", "mta-server"], cwd=ROOT, check=True)
+def build(examples=False):
+    """Build the release server (and the mta-core benchmark examples), then run a private copy of the binaries so
+    that other builds in the shared target directory cannot swap them mid-run. `MTA_BENCH_NO_BUILD=1` skips the
+    build and uses what target/release holds."""
+    global BIN, EXAMPLES
+    if not os.environ.get("MTA_BENCH_NO_BUILD"):
+        subprocess.run(["cargo", "build", "--release", "-p", "mta-server"], cwd=ROOT, check=True)
+        if examples:
+            subprocess.run(["cargo", "build", "--release", "-p", "mta-core", "--examples"], cwd=ROOT, check=True)
+    snap = tempfile.mkdtemp(prefix="mta-bench-bin-")
+    shutil.copy2(os.path.join(ROOT, "target", "release", "mta-server"), snap)
+    if examples:
+        for name in ("fill_spool", "bench_dns", "recovery_bench"):
+            shutil.copy2(os.path.join(ROOT, "target", "release", "examples", name), snap)
+    BIN = os.path.join(snap, "mta-server")
+    EXAMPLES = snap
+    atexit.register(shutil.rmtree, snap, True)
+
+
+def describe():
+    """One line naming the code measured, the machine and its load, for the results' notes."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, commit {rev}{' + uncommitted changes' if dirty else ''}, "
+            f"{os.cpu_count()} CPUs ({cpu}), load average {os.getloadavg()[0]:.2f}")
+
+
+def loadavg():
+    return os.getloadavg()[0]
+
+
+def wait_port(port, timeout=120.0, host="127.0.0.1"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def fill_spool(path, count, domains, size=1024, node="bench", delay_secs=None):
+    """Write `count` queued messages to `domains` domains (d0.bench ...) straight into a spool (fill_spool example)."""
+    cmd = [os.path.join(EXAMPLES, "fill_spool"), path, str(count), str(domains), str(size), node]
+    if delay_secs:
+        cmd += ["--delay-secs", str(delay_secs)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+    return out
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Sink:
+    """Postfix's smtp-sink on a fresh loopback port: accepts and discards everything."""
+
+    def __init__(self, max_sessions=4096, backlog=1024):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="smtp-sink-", suffix=".out", delete=False)
+        # -u is required when run as root; -m raises the 256-session default; no -M (it quits early).
+        self.proc = subprocess.Popen(["smtp-sink", "-u", "nobody", "-m", str(max_sessions),
+                                      f"127.0.0.1:{self.port}", str(backlog)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait_port(self.port, 10):
+            raise RuntimeError("smtp-sink did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.unlink(self.log.name)
+
+
+class Dns:
+    """The bench_dns example: zones d0.bench ... d{N-1}.bench (and sender.bench) with MX -> `ip`."""
+
+    def __init__(self, domains, ip="127.0.0.1"):
+        self.proc = subprocess.Popen([os.path.join(EXAMPLES, "bench_dns"), str(domains), ip],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            raise RuntimeError(f"bench_dns printed {line!r}")
+        self.addr = line[1]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def free_port():
@@ -28,7 +134,7 @@ def free_port():
 class Server:
     """The release binary on fresh ports and a fresh spool (or a given directory)."""
 
-    def __init__(self, extra="", directory=None, strace=None):
+    def __init__(self, extra="", directory=None, strace=None, wait=True):
         self.dir = directory or tempfile.mkdtemp(prefix="mta-bench-")
         self.smtp = free_port()
         self.http = free_port()
@@ -47,14 +153,22 @@ class Server:
         cmd = [BIN, "serve", "--config", cfg]
         if strace:
             cmd = ["strace", "-f", "-c", "-o", strace, "-e", "trace=fsync,fdatasync,sync_file_range"] + cmd
+        self.started = time.time()
         self.proc = subprocess.Popen(cmd, stderr=open(os.path.join(self.dir, "stderr"), "w"), env={**os.environ, "RUST_LOG": "warn"})
-        deadline = time.time() + 30
+        self.pid = self.proc.pid
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
         while time.time() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.http), timeout=1).close()
                 socket.create_connection(("127.0.0.1", self.smtp), timeout=1).close()
                 break
             except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mta-server exited: {open(os.path.join(self.dir, 'stderr')).read()[-2000:]}")
                 time.sleep(0.05)
         self.pid = self._server_pid()
 
@@ -69,6 +183,9 @@ class Server:
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_kb(self):
+        return rss_kb(self.pid)
 
     def metrics(self):
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=10).read().decode()

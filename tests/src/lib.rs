@@ -328,8 +328,7 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
             let size_text = String::from_utf8_lossy(&rest[..eol]).into_owned();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
             if size == 0 || rest.len() < eol + 2 + size {

@@ -279,3 +279,50 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suspend_holds_resume_releases_and_max_age_applies_while_suspended() {
+    let port = sink_port();
+    let zone = TestZone::new("test")
+        .mail_domain("held.test", &[(10, "mx.held.test", ip("127.0.0.2"))])
+        .mail_domain("sender.test", &[(10, "mx.sender.test", ip("127.0.0.3"))]);
+    let held = sink("127.0.0.2", port, SinkConfig::default()).await;
+    let sender_mx = sink("127.0.0.3", port, SinkConfig::default()).await;
+    let env = start(zone, port, "max_age = \"6s\"\n").await;
+    let http = env.server.http;
+    let r = tokio::task::block_in_place(|| {
+        mta_tests::http_request(http, "POST", "/api/v1/queue/held.test/suspend", &[], b"")
+    });
+    assert_eq!(r.status, 200);
+    send(&env.server, "a@sender.test", &["one@held.test"], &body("held"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(held.messages().is_empty(), "a suspended domain gets nothing");
+    let q = tokio::task::block_in_place(|| mta_tests::http_request(http, "GET", "/api/v1/queue", &[], b""));
+    let v: serde_json::Value = serde_json::from_slice(&q.body).unwrap();
+    let row = v["queues"].as_array().unwrap().iter().find(|r| r["domain"] == "held.test").cloned().unwrap();
+    assert_eq!(row["suspended"], true);
+    assert_eq!(row["held"].as_u64().unwrap() + row["scheduled"].as_u64().unwrap(), 1, "{row}");
+    // The CLI shows the same, through the admin API.
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(mta_tests::server_binary())
+            .args(["queue", "--http", &format!("http://{http}")])
+            .output()
+            .unwrap()
+    });
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("held.test") && table.contains("yes"), "{table}");
+    let r = tokio::task::block_in_place(|| {
+        mta_tests::http_request(http, "POST", "/api/v1/queue/held.test/resume", &[], b"")
+    });
+    assert_eq!(r.status, 200);
+    assert!(held.wait_for_messages(1, Duration::from_secs(10)).await, "resume releases held work");
+
+    // max_age holds while suspended: the message expires and bounces without ever being sent.
+    tokio::task::block_in_place(|| mta_tests::http_request(http, "POST", "/api/v1/queue/held.test/suspend", &[], b""));
+    send(&env.server, "a@sender.test", &["two@held.test"], &body("expires while held"));
+    let events =
+        wait_events(&env.server, Duration::from_secs(20), |e| count(e, "expiration", "two@held.test") == 1).await;
+    assert_eq!(count(&events, "expiration", "two@held.test"), 1, "{events:#?}");
+    assert_eq!(held.messages().len(), 1, "nothing sent while suspended");
+    assert!(sender_mx.wait_for_messages(1, Duration::from_secs(10)).await, "expiry DSN");
+}

@@ -269,7 +269,7 @@ fn starttls_discards_pipelined_commands_then_auth() {
         .with_no_client_auth();
     let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut read_reply = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+    let read_reply = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
         let mut all = String::new();
         let mut byte = [0u8; 1];
         loop {

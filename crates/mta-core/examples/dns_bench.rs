@@ -135,6 +135,47 @@ async fn main() {
             pct(&mut lat, 0.99) as f64 / 1000.0,
             pct(&mut lat, 0.999) as f64 / 1000.0
         );
+        // TEMP breakdown
+        {
+            let names: Vec<usize> = (0..200_000).map(|_| zipf.sample(&mut rng)).filter(|i| seen.lock()[*i]).collect();
+            let strs: Vec<String> = names.iter().map(|i| domain(*i)).collect();
+            let hosts: Vec<String> = names.iter().map(|i| format!("mx.d{i}.bench")).collect();
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            let mut c = Vec::new();
+            for k in 0..strs.len() {
+                let t = Instant::now();
+                r.query_mx(&strs[k]).await.unwrap();
+                a.push(t.elapsed().as_nanos() as u64);
+                let t = Instant::now();
+                r.lookup_a(&hosts[k]).await.unwrap();
+                b.push(t.elapsed().as_nanos() as u64);
+                let t = Instant::now();
+                r.resolve_mx(&strs[k]).await.unwrap();
+                c.push(t.elapsed().as_nanos() as u64);
+            }
+            if std::env::var("TEMP_LOOP").is_ok() {
+                println!("TEMP loop start");
+                let mut d = Vec::new();
+                for _ in 0..10 {
+                    for k in 0..strs.len() {
+                        let t = Instant::now();
+                        r.query_mx(&strs[k]).await.unwrap();
+                        d.push(t.elapsed().as_nanos() as u64);
+                    }
+                }
+                println!("TEMP loop mx: p50 {} p99 {} ", pct(&mut d, 0.5), pct(&mut d, 0.99));
+            }
+            for (n, v) in [("mx", &mut a), ("a", &mut b), ("plan", &mut c)] {
+                println!(
+                    "    TEMP {n}: p50 {} p90 {} p99 {} p99.9 {} ns",
+                    pct(v, 0.5),
+                    pct(v, 0.9),
+                    pct(v, 0.99),
+                    pct(v, 0.999)
+                );
+            }
+        }
     }
 
     // 2. 50% SERVFAIL: packets vs a healthy run of the same caller workload; max caller wait.

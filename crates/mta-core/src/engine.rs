@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use mta_spool::{MessageRecord, Op, Priority, QueueId, Source, Spool, SpoolConfig};
 
+use crate::auth::{strip_spoofed_results, KeyConfig, Signer};
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::dns::{DnsConfig, Resolver};
 use crate::error::{EngineError, InjectError};
@@ -39,6 +40,10 @@ pub struct EngineConfig {
     pub dns: DnsConfig,
     /// Delivery settings (`delivery.enabled = false` only spools).
     pub delivery: DeliveryConfig,
+    /// DKIM signing keys (`[[dkim.key]]`); messages with `sign = true` are signed at reception.
+    pub dkim_keys: Vec<KeyConfig>,
+    /// Also sign every signed message with this domain's key (a fixed signing domain).
+    pub dkim_fixed_domain: Option<String>,
 }
 
 impl EngineConfig {
@@ -54,6 +59,8 @@ impl EngineConfig {
             max_message_size: 52_428_800,
             dns: DnsConfig::default(),
             delivery: DeliveryConfig::default(),
+            dkim_keys: Vec::new(),
+            dkim_fixed_domain: None,
         }
     }
 }
@@ -81,6 +88,10 @@ pub struct Injection {
     pub helo: Option<String>,
     /// Authenticated user or API key label.
     pub auth_user: Option<String>,
+    /// Our `Authentication-Results:` header (with CRLF) from inbound verification, prepended above `Received:`.
+    pub auth_results: Option<String>,
+    /// DKIM-sign with our keys (only for mail from trusted clients: authenticated, relay networks, API).
+    pub sign: bool,
 }
 
 impl Injection {
@@ -97,6 +108,8 @@ impl Injection {
             peer: None,
             helo: None,
             auth_user: None,
+            auth_results: None,
+            sign: true,
         }
     }
 }
@@ -121,6 +134,9 @@ pub struct RecoveryReport {
 
 struct Inner {
     config: EngineConfig,
+    signer: Option<Arc<Signer>>,
+    /// Signing is CPU work on blocking threads: at most one per core at a time, so RSA never piles up.
+    sign_permits: tokio::sync::Semaphore,
     spool: Spool,
     resolver: Resolver,
     delivery: Delivery,
@@ -154,6 +170,16 @@ impl Engine {
         let mut spool_config = SpoolConfig::new(config.spool_path.clone(), &config.node_id);
         spool_config.sled_cache_bytes = config.spool_cache_bytes;
         let resolver = Resolver::new(config.dns.clone()).map_err(EngineError::Dns)?;
+        let signer = if config.dkim_keys.is_empty() {
+            None
+        } else {
+            let mut signer = Signer::load_keys(&config.dkim_keys).map_err(EngineError::Auth)?;
+            if let Some(d) = &config.dkim_fixed_domain {
+                signer = signer.with_fixed_domain(d).map_err(EngineError::Auth)?;
+            }
+            Some(Arc::new(signer))
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let spool = Spool::open_async(spool_config).await?;
         let mut delivery_config = config.delivery.clone();
         if !delivery_config.own_names.iter().any(|n| n.eq_ignore_ascii_case(&config.hostname)) {
@@ -179,7 +205,16 @@ impl Engine {
             delivery.start();
         }
         let engine = Engine {
-            inner: Arc::new(Inner { config, spool, resolver, delivery, events, accepting: AtomicBool::new(true) }),
+            inner: Arc::new(Inner {
+                config,
+                signer,
+                sign_permits: tokio::sync::Semaphore::new(cores),
+                spool,
+                resolver,
+                delivery,
+                events,
+                accepting: AtomicBool::new(true),
+            }),
         };
         Ok((engine, report))
     }
@@ -192,6 +227,11 @@ impl Engine {
     /// The delivery engine (queue summary, suspend/resume).
     pub fn delivery(&self) -> &Delivery {
         &self.inner.delivery
+    }
+
+    /// The DKIM signer, when keys are configured.
+    pub fn signer(&self) -> Option<&Arc<Signer>> {
+        self.inner.signer.as_ref()
     }
 
     /// The resolver pool (shared by delivery and authentication).
@@ -259,9 +299,27 @@ impl Engine {
             id.as_str(),
             single,
         );
-        let mut data = BytesMut::with_capacity(header.len() + injection.content.len());
+        // Nobody else may speak for our authserv-id (RFC 8601 §5).
+        let content = strip_spoofed_results(injection.content.clone(), &self.inner.config.hostname);
+        let auth_results = injection.auth_results.as_deref().unwrap_or("");
+        let mut data = BytesMut::with_capacity(auth_results.len() + header.len() + content.len());
+        data.extend_from_slice(auth_results.as_bytes());
         data.extend_from_slice(header.as_bytes());
-        data.extend_from_slice(&injection.content);
+        data.extend_from_slice(&content);
+        let mut data = data.freeze();
+        if let (true, Some(signer)) = (injection.sign, &self.inner.signer) {
+            let _permit = self.inner.sign_permits.acquire().await.map_err(|_| InjectError::ShuttingDown)?;
+            match signer.sign_blocking(data.clone()).await {
+                Ok(Some(signature)) => {
+                    let mut signed = BytesMut::with_capacity(signature.len() + data.len());
+                    signed.extend_from_slice(signature.as_bytes());
+                    signed.extend_from_slice(&data);
+                    data = signed.freeze();
+                }
+                Ok(None) => {}
+                Err(e) => return Err(InjectError::Signing(e.to_string())),
+            }
+        }
         let mut record = MessageRecord::new(id.clone(), injection.sender.clone(), &injection.recipients, now_ms());
         record.tenant = injection.tenant.clone();
         record.pool = injection.pool.clone();
@@ -276,7 +334,7 @@ impl Engine {
             helo: injection.helo.clone(),
             auth: injection.auth_user.clone(),
         };
-        let mut ops = vec![Op::Put { record: record.clone(), body: data.freeze() }];
+        let mut ops = vec![Op::Put { record: record.clone(), body: data }];
         ops.extend(extra(&id));
         spool.commit(ops).await?;
         self.inner.delivery.enqueue(&record);

@@ -46,6 +46,9 @@ pub enum InjectError {
     /// The node is stopping: retry on another node or later.
     #[error("shutting down")]
     ShuttingDown,
+    /// DKIM signing failed (a crypto error): retry later rather than send unsigned.
+    #[error("signing failed: {0}")]
+    Signing(String),
     /// The node is shedding load: retry later or elsewhere.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -57,7 +60,10 @@ pub enum InjectError {
 impl InjectError {
     /// True when the client should retry later (4xx / 503), false when the request itself is wrong (5xx / 4xx).
     pub fn is_temporary(&self) -> bool {
-        matches!(self, InjectError::ShuttingDown | InjectError::Overloaded(_) | InjectError::Spool(_))
+        matches!(
+            self,
+            InjectError::ShuttingDown | InjectError::Overloaded(_) | InjectError::Spool(_) | InjectError::Signing(_)
+        )
     }
 }
 
@@ -79,6 +85,9 @@ pub enum EngineError {
     /// The resolver pool could not be built (bad nameserver config, unreadable resolv.conf).
     #[error("dns: {0}")]
     Dns(crate::dns::DnsError),
+    /// DKIM keys could not be loaded.
+    #[error("dkim: {0}")]
+    Auth(crate::auth::AuthError),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Join(String),

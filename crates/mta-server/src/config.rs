@@ -630,11 +630,9 @@ impl Config {
                     format!("expected \"rsa-sha256\" or \"ed25519-sha256\", got {:?}", k.algorithm),
                 ));
             }
-            if let Err(e) = std::fs::metadata(&k.key_file) {
-                return Err(invalid(
-                    &format!("dkim.key[{i}].key_file"),
-                    format!("cannot read {}: {e}", k.key_file.display()),
-                ));
+            // Loading the key checks it exists, is readable, is PEM of the right type and size.
+            if let Err(e) = mta_core::auth::Signer::load_keys(&[dkim_key_config(k)?]) {
+                return Err(invalid(&format!("dkim.key[{i}].key_file"), e.to_string()));
             }
         }
         if !matches!(self.dkim.on_preflight_mismatch.as_str(), "send" | "hold") {
@@ -646,10 +644,30 @@ impl Config {
         Ok(())
     }
 
+    /// The signing keys in the engine's form.
+    pub fn dkim_keys(&self) -> Result<Vec<mta_core::auth::KeyConfig>, ConfigError> {
+        self.dkim.key.iter().map(dkim_key_config).collect()
+    }
+
     /// The effective config as TOML (for `check-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+fn dkim_key_config(k: &DkimKey) -> Result<mta_core::auth::KeyConfig, ConfigError> {
+    let algorithm = mta_core::auth::KeyAlgorithm::parse(&k.algorithm).map_err(|e| ConfigError::Invalid {
+        path: PathBuf::new(),
+        key: "dkim.key.algorithm".into(),
+        message: e.to_string(),
+    })?;
+    Ok(mta_core::auth::KeyConfig {
+        domain: k.domain.to_ascii_lowercase(),
+        selector: k.selector.clone(),
+        algorithm,
+        key_file: k.key_file.clone(),
+        headers: k.headers.clone(),
+    })
 }
 
 /// Parse a rate such as `"100/s"`, `"6000/m"` or `"50000/h"` into messages per second.

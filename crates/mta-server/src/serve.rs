@@ -15,7 +15,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ListenerMode};
+use mta_core::auth;
+
+use crate::config::{AuthPolicy, Config, ListenerMode};
+
+fn auth_policy(p: AuthPolicy) -> auth::Policy {
+    match p {
+        AuthPolicy::Off => auth::Policy::Off,
+        AuthPolicy::Record => auth::Policy::Record,
+        AuthPolicy::Enforce => auth::Policy::Enforce,
+    }
+}
 use crate::http::{self, HttpState};
 use crate::secrets::UserStore;
 use crate::smtp_handler::SmtpHandler;
@@ -29,6 +39,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     ec.event_log = Some(config.log.events.clone());
     ec.max_recipients = config.smtp.max_recipients;
     ec.max_message_size = config.smtp.max_message_size;
+    ec.dkim_keys = config.dkim_keys().unwrap_or_default();
     let d = &config.dns;
     ec.dns.nameservers = d.nameservers.clone();
     ec.dns.max_qps_per_upstream = d.max_qps_per_upstream;
@@ -109,14 +120,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // Mail authentication: mail-auth resolves through a loopback stub of our resolver pool, so its lookups
+    // share our cache and our caps.
+    let (stub_addr, stub_task) = engine
+        .resolver()
+        .serve_stub("127.0.0.1:0".parse()?)
+        .await
+        .context("cannot start the DNS stub for mail authentication")?;
+    let authenticator = auth::authenticator(stub_addr, config.dns.lookup_timeout.get())?;
+    let policy = auth::AuthPolicy {
+        spf: auth_policy(config.auth.spf),
+        dkim: auth_policy(config.auth.dkim),
+        dmarc: auth_policy(config.auth.dmarc),
+    };
+    let verifier = (!policy.is_off())
+        .then(|| Arc::new(auth::Verifier::new(authenticator.clone(), policy, config.server.hostname.clone())));
+    let preflight = engine.signer().map(|signer| {
+        let mut sources: Vec<std::net::IpAddr> = config.delivery.source_address.into_iter().collect();
+        sources.extend(config.delivery.pool.iter().flat_map(|p| p.addresses.iter().copied()));
+        Arc::new(auth::Preflight::new(authenticator.clone(), signer.clone(), sources, config.server.hostname.clone()))
+    });
+    let preflight_task = preflight.clone().map(|p| p.spawn(auth::DEFAULT_REFRESH));
+    if let (Some(p), "hold") = (&preflight, config.dkim.on_preflight_mismatch.as_str()) {
+        let p = p.clone();
+        engine.delivery().set_hold_check(Arc::new(move |message: &[u8]| p.should_hold_message(message)));
+    }
+
     let session = Arc::new(session_config(&config)?);
     let users = UserStore::new(config.smtp.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())));
-    let handler = Arc::new(SmtpHandler::new(
-        engine.clone(),
-        config.smtp.relay_networks.clone(),
-        config.smtp.relay_domains.clone(),
-        users,
-    ));
+    let handler = Arc::new(
+        SmtpHandler::new(engine.clone(), config.smtp.relay_networks.clone(), config.smtp.relay_domains.clone(), users)
+            .with_verifier(verifier),
+    );
     let limits = Arc::new(ConnectionLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip));
 
     let mut listeners: Vec<(SocketAddr, SmtpMode, bool)> =
@@ -146,7 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let http_listener = bind(config.http.listen, "HTTP").await?;
     tracing::info!(addr = %config.http.listen, "HTTP listening");
-    let http_state = HttpState::new(engine.clone(), &config, prometheus)?;
+    let http_state = HttpState::new(engine.clone(), &config, prometheus, preflight.clone())?;
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(http::serve(http_listener, http_state, async move {
         let _ = http_shutdown.wait_for(|stop| *stop).await;
@@ -173,6 +208,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("shutdown timeout reached; unfinished work stays queued");
     }
     // Deliveries get what is left of the shutdown budget to finish and record their results.
+    stub_task.abort();
+    if let Some(t) = preflight_task {
+        t.abort();
+    }
     let left = config.server.shutdown_timeout.get().saturating_sub(stop_started.elapsed());
     engine.shutdown_within(left.max(std::time::Duration::from_secs(1))).await;
     tracing::info!("stopped");

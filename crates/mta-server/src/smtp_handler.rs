@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use mta_core::auth::Verifier;
 use mta_core::{Engine, InjectError, Injection, Protocol};
 use mta_smtp::Reply;
 use mta_smtp::{Handler, SessionInfo, Transaction};
@@ -19,13 +20,21 @@ pub struct SmtpHandler {
     relay_networks: Vec<IpNet>,
     relay_domains: Vec<String>,
     users: Arc<UserStore>,
+    /// Inbound SPF/DKIM/DMARC/ARC for mail from outside the relay networks (None: all checks off).
+    verifier: Option<Arc<Verifier>>,
 }
 
 impl SmtpHandler {
     /// A handler for `engine` with the relay rules and users of the config.
     pub fn new(engine: Engine, relay_networks: Vec<IpNet>, relay_domains: Vec<String>, users: UserStore) -> Self {
         let relay_domains = relay_domains.into_iter().map(|d| d.to_ascii_lowercase()).collect();
-        SmtpHandler { engine, relay_networks, relay_domains, users: Arc::new(users) }
+        SmtpHandler { engine, relay_networks, relay_domains, users: Arc::new(users), verifier: None }
+    }
+
+    /// Verify mail from outsiders with `verifier`.
+    pub fn with_verifier(mut self, verifier: Option<Arc<Verifier>>) -> Self {
+        self.verifier = verifier;
+        self
     }
 
     fn may_relay(&self, info: &SessionInfo) -> bool {
@@ -99,7 +108,12 @@ impl Handler for SmtpHandler {
         txn: Transaction,
     ) -> impl std::future::Future<Output = Result<String, Reply>> + Send {
         let engine = self.engine.clone();
-        let injection = Injection {
+        // Trusted clients (authenticated or in relay_networks) get our DKIM signature; mail from outsiders for
+        // relay_domains is verified instead, and never signed (it could claim our domain in From:).
+        let trusted = self.may_relay(info);
+        let verifier = if trusted { None } else { self.verifier.clone() };
+        let (peer, helo, sender) = (info.peer.ip(), info.helo.clone().unwrap_or_default(), txn.sender.clone());
+        let mut injection = Injection {
             sender: txn.sender,
             recipients: txn.recipients,
             content: txn.data,
@@ -110,8 +124,19 @@ impl Handler for SmtpHandler {
             peer: Some(info.peer.ip()),
             helo: info.helo.clone(),
             auth_user: info.auth_user.clone(),
+            auth_results: None,
+            sign: trusted,
         };
         async move {
+            if let Some(verifier) = verifier {
+                let verdict = verifier.verify(peer, &helo, &sender, &injection.content).await;
+                if let Some((code, enhanced, text)) = verdict.reject {
+                    return Err(Reply::new(code, enhanced, text));
+                }
+                if !verdict.header.is_empty() {
+                    injection.auth_results = Some(verdict.header);
+                }
+            }
             let started = std::time::Instant::now();
             match engine.inject(injection).await {
                 Ok(accepted) => {

@@ -180,6 +180,13 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
             return Next::Continue;
         }
     };
+    let held = shared.hold.read().as_ref().is_some_and(|check| check(&body));
+    if held {
+        metrics::counter!("mta_delivery_held_total").increment(1);
+        tracing::info!(%id, "message held (sender pre-flight mismatch); re-checked in 5 minutes");
+        shared.reschedule(w, State::InFlight, now + 300_000);
+        return Next::Continue;
+    }
     let kib = u32::try_from(body.len() / 1024 + 1)
         .unwrap_or(u32::MAX)
         .min(shared.mem_permits.available_permits().max(1) as u32);

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use runtime::Delivery;
+pub use runtime::{Delivery, HoldCheck};
 pub use scheduler::{QueueCounts, QueueRow};
 
 /// A per-destination override of the default limits (`[[shaping]]`).

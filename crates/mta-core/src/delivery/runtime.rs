@@ -53,7 +53,12 @@ pub(crate) struct Shared {
     resolving: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     idle: Notify,
+    /// Messages this check holds (e.g. the sender's published DKIM key is not ours) are not sent for now.
+    pub(crate) hold: parking_lot::RwLock<Option<HoldCheck>>,
 }
+
+/// Decides from the message bytes whether to hold it back (checked again at each attempt).
+pub type HoldCheck = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 /// The delivery engine; cheap to clone.
 #[derive(Clone)]
@@ -99,6 +104,7 @@ impl Delivery {
             resolving: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
+            hold: parking_lot::RwLock::new(None),
         };
         Delivery { shared: Arc::new(shared) }
     }
@@ -112,6 +118,11 @@ impl Delivery {
     pub fn start(&self) {
         let shared = self.shared.clone();
         tokio::spawn(async move { timer_loop(shared).await });
+    }
+
+    /// Hold back messages for which `check` returns true (re-checked every few minutes, `max_age` applies).
+    pub fn set_hold_check(&self, check: HoldCheck) {
+        *self.shared.hold.write() = Some(check);
     }
 
     /// Per-queue counts for the admin API.

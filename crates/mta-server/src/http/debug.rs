@@ -1,7 +1,7 @@
 //! `PUT /api/v1/debug/faults`: fault injection for tests, only with `debug.fault_injection = true` (else `404`).
 //!
 //! Body `{"spool_flush_delay_ms": N, "dns_delay_ms": N}`; 0 clears, an absent field leaves that fault as it is.
-//! The DNS delay is accepted and remembered but not applied yet (no resolver is wired to the server).
+//! The DNS delay is added before every query our resolver pool sends upstream.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -48,6 +48,7 @@ pub async fn put_faults(State(state): State<HttpState>, body: Bytes) -> Response
             state.inner.engine.spool().set_flush_delay(Duration::from_millis(ms));
             state.inner.faults.spool_flush_delay_ms.store(ms, Ordering::Relaxed);
         } else {
+            state.inner.engine.resolver().set_delay(Duration::from_millis(ms));
             state.inner.faults.dns_delay_ms.store(ms, Ordering::Relaxed);
         }
         tracing::warn!(fault = key, ms, "fault injection set");

@@ -19,6 +19,7 @@ mod error;
 mod idempotency;
 mod inject;
 mod listener;
+mod queue;
 mod ratelimit;
 mod status;
 
@@ -62,6 +63,10 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/v1/messages", auth: true },
     Route { method: "GET", path: "/api/v1/messages/{id}", auth: true },
     Route { method: "PUT", path: "/api/v1/debug/faults", auth: true },
+    Route { method: "GET", path: "/api/v1/queue", auth: true },
+    Route { method: "POST", path: "/api/v1/queue/{domain}/suspend", auth: true },
+    Route { method: "POST", path: "/api/v1/queue/{domain}/resume", auth: true },
+    Route { method: "GET", path: "/api/v1/senders", auth: true },
     Route { method: "GET", path: "/api/v1/openapi.json", auth: true },
     Route { method: "GET", path: "/health/live", auth: false },
     Route { method: "GET", path: "/health/ready", auth: false },
@@ -77,6 +82,10 @@ fn method_router(route: &Route) -> MethodRouter<HttpState> {
         ("POST", "/api/v1/messages") => post(inject::post_message),
         ("GET", "/api/v1/messages/{id}") => get(status::get_message),
         ("PUT", "/api/v1/debug/faults") => put(debug::put_faults),
+        ("GET", "/api/v1/queue") => get(queue::get_queue),
+        ("POST", "/api/v1/queue/{domain}/suspend") => post(queue::suspend),
+        ("POST", "/api/v1/queue/{domain}/resume") => post(queue::resume),
+        ("GET", "/api/v1/senders") => get(queue::get_senders),
         ("GET", "/api/v1/openapi.json") => get(openapi),
         ("GET", "/health/live") => get(live),
         ("GET", "/health/ready") => get(ready),
@@ -108,6 +117,8 @@ struct Inner {
     draining: AtomicBool,
     /// Injections between "accepted for processing" and their answer.
     injecting: AtomicUsize,
+    /// Sender pre-flight checks (when DKIM keys are configured).
+    preflight: Option<Arc<mta_core::auth::Preflight>>,
 }
 
 /// Shared state of every HTTP handler; cheap to clone.
@@ -118,7 +129,12 @@ pub struct HttpState {
 
 impl HttpState {
     /// State for `engine` with the HTTP settings of `config`.
-    pub fn new(engine: Engine, config: &Config, prometheus: PrometheusHandle) -> anyhow::Result<Self> {
+    pub fn new(
+        engine: Engine,
+        config: &Config,
+        prometheus: PrometheusHandle,
+        preflight: Option<Arc<mta_core::auth::Preflight>>,
+    ) -> anyhow::Result<Self> {
         let http = &config.http;
         let tls = match (&http.tls_cert, &http.tls_key) {
             (Some(cert), Some(key)) => {
@@ -141,6 +157,7 @@ impl HttpState {
             faults: Faults::default(),
             draining: AtomicBool::new(false),
             injecting: AtomicUsize::new(0),
+            preflight,
             engine,
             prometheus,
         };

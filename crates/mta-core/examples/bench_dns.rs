@@ -1,0 +1,24 @@
+//! Benchmark helper: a loopback DNS server naming the benchmark's sinks: `d0.bench` ... `d{N-1}.bench` each
+//! have `MX 10 mx.dN.bench` with `A <ip>`. Prints `listening <addr>` and serves until killed.
+//!
+//! `cargo run --release -p mta-core --example bench_dns -- 100 127.0.0.1 [port]`
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use mta_core::dns::testing::{TestDnsServer, TestZone};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let domains: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let ip: Ipv4Addr = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(Ipv4Addr::LOCALHOST);
+    let mut zone = TestZone::new("bench").ttl(3600);
+    for i in 0..domains {
+        zone = zone.mail_domain(&format!("d{i}.bench"), &[(10, &format!("mx.d{i}.bench"), IpAddr::V4(ip))]);
+    }
+    zone = zone.mail_domain("sender.bench", &[(10, "mx.sender.bench", IpAddr::V4(ip))]);
+    let server = TestDnsServer::start(vec![zone]).await?;
+    println!("listening {}", server.addr());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
