@@ -82,6 +82,25 @@ def rss_kb(pid):
     return 0
 
 
+class Perf:
+    """`perf record --call-graph dwarf` attached to a running process until stop() (for the profiles quoted in BENCHMARKS.md)."""
+
+    def __init__(self, pid, output, freq=250):
+        # DWARF unwinding: the release build has debug info but no frame pointers.
+        self.proc = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", str(freq), "-p", str(pid),
+                                      "-o", output],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.output = output
+        time.sleep(0.3)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 class Sink:
     """Postfix's smtp-sink on a fresh loopback port: accepts and discards everything."""
 
@@ -134,7 +153,7 @@ def free_port():
 class Server:
     """The release binary on fresh ports and a fresh spool (or a given directory)."""
 
-    def __init__(self, extra="", directory=None, strace=None, wait=True):
+    def __init__(self, extra="", directory=None, strace=None, wait=True, spool_extra="", ready_timeout=30):
         self.dir = directory or tempfile.mkdtemp(prefix="mta-bench-")
         self.smtp = free_port()
         self.http = free_port()
@@ -144,7 +163,7 @@ class Server:
                 f'[server]\nhostname = "bench.test"\nnode_id = "bench"\n'
                 f'[smtp]\nlisten = ["127.0.0.1:{self.smtp}"]\nmax_connections_per_ip = 10000\n'
                 f'[http]\nlisten = "127.0.0.1:{self.http}"\n'
-                f'[spool]\npath = "{self.dir}/spool"\n[log]\nevents = "{self.dir}/events.jsonl"\n{extra}\n'
+                f'[spool]\npath = "{self.dir}/spool"\n{spool_extra}\n[log]\nevents = "{self.dir}/events.jsonl"\n{extra}\n'
             )
             if "[dns]" not in extra:
                 # Benchmarks never query DNS off the machine.
@@ -157,7 +176,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stderr=open(os.path.join(self.dir, "stderr"), "w"), env={**os.environ, "RUST_LOG": "warn"})
         self.pid = self.proc.pid
         if wait:
-            self.wait_ready()
+            self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout=30):
         deadline = time.time() + timeout
@@ -197,6 +216,19 @@ class Server:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def start_server(attempts=5, **kw):
+    """Server(**kw), retried when it exits at start with EADDRINUSE: the server's mail-auth DNS stub binds UDP on
+    127.0.0.1:0 and then TCP on the same port number, which fails when that port is taken by a TCP socket (for
+    instance one of the many outbound/TIME_WAIT connections a delivery benchmark leaves behind)."""
+    for i in range(attempts):
+        try:
+            return Server(**kw)
+        except RuntimeError as e:
+            if "Address already in use" not in str(e) or i == attempts - 1:
+                raise
+            print(f"# mta-server start failed with EADDRINUSE (DNS stub port clash), retry {i + 1}", flush=True)
 
 
 def metric_sum(text, name, labels=None):

@@ -53,6 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut config = EngineConfig::new(&path);
     config.node_id = "bench".into();
+    // Measure the rebuild only: no delivery, and never a query to the system resolver.
+    config.delivery.enabled = false;
+    config.dns.nameservers = vec!["127.0.0.1:9".parse()?];
     let (engine, report) = Engine::open(config).await?;
     println!(
         "recovery: {} messages, {} quarantined, engine open in {:.2} s",

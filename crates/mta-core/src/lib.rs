@@ -1,6 +1,7 @@
 //! The embeddable mail engine: what a high-volume sender links to, and what `mta-server` is built on.
 //!
 //! # Layout
+//! - [`backpressure`]: the health monitor and the `healthy → degraded → shedding` state intake paths read.
 //! - [`delivery`]: the scheduler, site ready queues, outbound connections, retries and DSNs.
 //! - [`dns`]: the bounded, cached, coalescing resolver pool.
 //! - [`engine`]: [`Engine`] — open the spool, inject messages durably, emit events, shut down.
@@ -12,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backpressure;
 pub mod delivery;
 pub mod dns;
 pub mod engine;

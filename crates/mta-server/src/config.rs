@@ -422,7 +422,8 @@ impl Default for DkimSection {
     }
 }
 
-/// `[backpressure]`: high marks enter a state, low marks leave it.
+/// `[backpressure]`: high marks enter a state, low marks (high × `low_mark_ratio`) leave it, after at least
+/// `min_dwell` in the state. A mark of 0 is off. See `mta_core::backpressure`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackpressureSection {
@@ -432,24 +433,47 @@ pub struct BackpressureSection {
     pub window: HumanDuration,
     /// Minimum time in a state before leaving it.
     pub min_dwell: HumanDuration,
+    /// How often the monitor samples (added key).
+    pub sample_interval: HumanDuration,
     /// Spool commit p99 (ms) entering degraded.
     pub commit_p99_degraded_ms: f64,
     /// Spool commit p99 (ms) entering shedding.
     pub commit_p99_shed_ms: f64,
+    /// fsyncs per second entering degraded; 0: off (added key; depends on the disk).
+    pub fsyncs_per_sec_degraded: f64,
+    /// fsyncs per second entering shedding; 0: off (added key).
+    pub fsyncs_per_sec_shed: f64,
     /// Fraction of the high mark below which a state is left (hysteresis).
     pub low_mark_ratio: f64,
     /// DNS upstream smoothed RTT (ms) entering degraded.
     pub dns_rtt_degraded_ms: f64,
     /// DNS upstream smoothed RTT (ms) entering shedding.
     pub dns_rtt_shed_ms: f64,
+    /// DNS upstream failure rate (timeouts + SERVFAIL) entering degraded (added key).
+    pub dns_failure_rate_degraded: f64,
     /// DNS upstream failure rate entering shedding.
     pub dns_failure_rate_shed: f64,
+    /// `shed`: DNS signals shed intake like the others; `defer`: at most degraded, delivery defers the
+    /// destinations whose lookups fail (added key).
+    pub dns_action: String,
+    /// Event-loop lag (ms) entering degraded (added key).
+    pub event_loop_lag_degraded_ms: f64,
     /// Event-loop lag (ms) entering shedding.
     pub event_loop_lag_shed_ms: f64,
-    /// Free disk (MiB) below which intake sheds.
+    /// Free disk (MiB) below which intake sheds; 0: off.
     pub min_free_disk_mb: u64,
+    /// Process RSS (MiB) entering degraded; 0: off (added key).
+    pub rss_degraded_mb: f64,
+    /// Process RSS (MiB) entering shedding; 0: off (added key).
+    pub rss_shed_mb: f64,
     /// `Retry-After` seconds sent with HTTP 503.
     pub retry_after_secs: u64,
+    /// While degraded: delay before the SMTP greeting (added key).
+    pub degraded_greeting_delay: HumanDuration,
+    /// While degraded: most SMTP sessions at once; 0: half of `smtp.max_connections` (added key).
+    pub degraded_smtp_sessions: usize,
+    /// While degraded: most HTTP injections in flight (added key).
+    pub degraded_http_in_flight: usize,
 }
 
 impl Default for BackpressureSection {
@@ -458,16 +482,76 @@ impl Default for BackpressureSection {
             enabled: true,
             window: HumanDuration::secs(10),
             min_dwell: HumanDuration::secs(5),
+            sample_interval: HumanDuration(std::time::Duration::from_millis(250)),
             commit_p99_degraded_ms: 250.0,
             commit_p99_shed_ms: 1000.0,
+            fsyncs_per_sec_degraded: 0.0,
+            fsyncs_per_sec_shed: 0.0,
             low_mark_ratio: 0.5,
             dns_rtt_degraded_ms: 500.0,
             dns_rtt_shed_ms: 2000.0,
+            dns_failure_rate_degraded: 0.2,
             dns_failure_rate_shed: 0.5,
+            dns_action: "shed".into(),
+            event_loop_lag_degraded_ms: 200.0,
             event_loop_lag_shed_ms: 500.0,
             min_free_disk_mb: 1024,
+            rss_degraded_mb: 0.0,
+            rss_shed_mb: 0.0,
             retry_after_secs: 5,
+            degraded_greeting_delay: HumanDuration(std::time::Duration::from_millis(500)),
+            degraded_smtp_sessions: 0,
+            degraded_http_in_flight: 64,
         }
+    }
+}
+
+impl BackpressureSection {
+    /// The engine's form; `smtp_max_connections` sizes the default degraded session cap.
+    pub fn to_core(&self, smtp_max_connections: usize) -> mta_core::backpressure::BackpressureConfig {
+        use mta_core::backpressure::{BackpressureConfig, DnsAction, Marks};
+        BackpressureConfig {
+            enabled: self.enabled,
+            sample_interval: self.sample_interval.get(),
+            window: self.window.get(),
+            min_dwell: self.min_dwell.get(),
+            low_mark_ratio: self.low_mark_ratio,
+            commit_p99_ms: Marks::new(self.commit_p99_degraded_ms, self.commit_p99_shed_ms),
+            fsyncs_per_sec: Marks::new(self.fsyncs_per_sec_degraded, self.fsyncs_per_sec_shed),
+            dns_rtt_ms: Marks::new(self.dns_rtt_degraded_ms, self.dns_rtt_shed_ms),
+            dns_failure_rate: Marks::new(self.dns_failure_rate_degraded, self.dns_failure_rate_shed),
+            dns_action: if self.dns_action == "defer" { DnsAction::Defer } else { DnsAction::Shed },
+            event_loop_lag_ms: Marks::new(self.event_loop_lag_degraded_ms, self.event_loop_lag_shed_ms),
+            rss_mb: Marks::new(self.rss_degraded_mb, self.rss_shed_mb),
+            min_free_disk_mb: self.min_free_disk_mb,
+            retry_after: std::time::Duration::from_secs(self.retry_after_secs.max(1)),
+            degraded_greeting_delay: self.degraded_greeting_delay.get(),
+            degraded_smtp_sessions: if self.degraded_smtp_sessions == 0 {
+                (smtp_max_connections / 2).max(1)
+            } else {
+                self.degraded_smtp_sessions
+            },
+            degraded_http_in_flight: self.degraded_http_in_flight.max(1),
+        }
+    }
+
+    /// The checks serde cannot express: `Err((key, message))`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.low_mark_ratio > 0.0 && self.low_mark_ratio <= 1.0) {
+            return Err(("backpressure.low_mark_ratio", "must be in (0, 1]".into()));
+        }
+        if !matches!(self.dns_action.as_str(), "shed" | "defer") {
+            return Err(("backpressure.dns_action", "expected \"shed\" or \"defer\"".into()));
+        }
+        if self.sample_interval.get() < std::time::Duration::from_millis(10)
+            || self.window.get() < self.sample_interval.get()
+        {
+            return Err((
+                "backpressure.window",
+                "sample_interval must be >= 10ms and window >= sample_interval".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -637,6 +721,9 @@ impl Config {
         }
         if !matches!(self.dkim.on_preflight_mismatch.as_str(), "send" | "hold") {
             return Err(invalid("dkim.on_preflight_mismatch", "expected \"send\" or \"hold\"".into()));
+        }
+        if let Err((key, message)) = self.backpressure.check() {
+            return Err(invalid(key, message));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "expected \"text\" or \"json\"".into()));

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use mta_core::backpressure::Backpressure;
 use mta_core::{Engine, EngineConfig};
 use mta_smtp::{ConnectionLimits, ListenerMode as SmtpMode, ListenerOptions, SessionConfig};
 use tokio::net::TcpListener;
@@ -146,13 +147,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         engine.delivery().set_hold_check(Arc::new(move |message: &[u8]| p.should_hold_message(message)));
     }
 
+    if config.debug.fault_injection {
+        tracing::warn!(
+            "debug.fault_injection = true: PUT /api/v1/debug/faults can slow this node on purpose (tests only)"
+        );
+    }
+    // Back-pressure: the monitor samples the spool, our DNS upstreams, the event loop and the disk; SMTP and
+    // HTTP intake read its state.
+    let (backpressure, backpressure_task) = Backpressure::start(
+        config.backpressure.to_core(config.smtp.max_connections),
+        engine.spool().clone(),
+        engine.resolver().clone(),
+    );
+
     let session = Arc::new(session_config(&config)?);
     let users = UserStore::new(config.smtp.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())));
+    let limits = Arc::new(ConnectionLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip));
     let handler = Arc::new(
         SmtpHandler::new(engine.clone(), config.smtp.relay_networks.clone(), config.smtp.relay_domains.clone(), users)
-            .with_verifier(verifier),
+            .with_verifier(verifier)
+            .with_backpressure(backpressure.clone(), limits.clone()),
     );
-    let limits = Arc::new(ConnectionLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip));
 
     let mut listeners: Vec<(SocketAddr, SmtpMode, bool)> =
         config.smtp.listen.iter().map(|a| (*a, SmtpMode::Smtp, false)).collect();
@@ -181,7 +196,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let http_listener = bind(config.http.listen, "HTTP").await?;
     tracing::info!(addr = %config.http.listen, "HTTP listening");
-    let http_state = HttpState::new(engine.clone(), &config, prometheus, preflight.clone())?;
+    let http_state =
+        HttpState::new(engine.clone(), &config, prometheus, preflight.clone())?.with_backpressure(backpressure);
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(http::serve(http_listener, http_state, async move {
         let _ = http_shutdown.wait_for(|stop| *stop).await;
@@ -209,6 +225,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Deliveries get what is left of the shutdown budget to finish and record their results.
     stub_task.abort();
+    if let Some(t) = backpressure_task {
+        t.abort();
+    }
     if let Some(t) = preflight_task {
         t.abort();
     }

@@ -3,14 +3,20 @@
 //! The session (in `mta-smtp`) speaks the protocol; this handler decides. Relay rule of the contract: a
 //! recipient is accepted when its domain is one of `smtp.relay_domains`, or the client is in
 //! `smtp.relay_networks` (its real address, after PROXY protocol), or it authenticated. Never an open relay.
+//!
+//! Back-pressure (contract): while the node sheds, a new connection gets `421 4.3.2` and a new transaction
+//! (`MAIL`) `451 4.3.2`; a transaction already past `MAIL` finishes. While degraded, the greeting waits
+//! `degraded_greeting_delay` and sessions beyond `degraded_smtp_sessions` get `421 4.3.2`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use mta_core::auth::Verifier;
+use mta_core::backpressure::{Backpressure, Overloaded};
 use mta_core::{Engine, InjectError, Injection, Protocol};
 use mta_smtp::Reply;
-use mta_smtp::{Handler, SessionInfo, Transaction};
+use mta_smtp::{ConnectionLimits, Handler, SessionInfo, Transaction};
 
 use crate::secrets::UserStore;
 
@@ -22,13 +28,32 @@ pub struct SmtpHandler {
     users: Arc<UserStore>,
     /// Inbound SPF/DKIM/DMARC/ARC for mail from outside the relay networks (None: all checks off).
     verifier: Option<Arc<Verifier>>,
+    /// The node's health state (always healthy unless [`SmtpHandler::with_backpressure`]).
+    backpressure: Backpressure,
+    /// The listeners' connection counts, for the degraded session cap.
+    limits: Option<Arc<ConnectionLimits>>,
 }
 
 impl SmtpHandler {
     /// A handler for `engine` with the relay rules and users of the config.
     pub fn new(engine: Engine, relay_networks: Vec<IpNet>, relay_domains: Vec<String>, users: UserStore) -> Self {
         let relay_domains = relay_domains.into_iter().map(|d| d.to_ascii_lowercase()).collect();
-        SmtpHandler { engine, relay_networks, relay_domains, users: Arc::new(users), verifier: None }
+        SmtpHandler {
+            engine,
+            relay_networks,
+            relay_domains,
+            users: Arc::new(users),
+            verifier: None,
+            backpressure: Backpressure::disabled(),
+            limits: None,
+        }
+    }
+
+    /// Refuse or slow new work by `backpressure`; `limits` are the listeners' (for the degraded session cap).
+    pub fn with_backpressure(mut self, backpressure: Backpressure, limits: Arc<ConnectionLimits>) -> Self {
+        self.backpressure = backpressure;
+        self.limits = Some(limits);
+        self
     }
 
     /// Verify mail from outsiders with `verifier`.
@@ -61,15 +86,37 @@ fn reply_for(e: &InjectError) -> Reply {
     }
 }
 
+/// The reply to a back-pressure refusal: `421` at connect (the session closes), `451` to `MAIL`.
+fn overloaded_reply(code: u16, e: &Overloaded) -> Reply {
+    metrics::counter!("mta_smtp_backpressure_refusals_total", "code" => if code == 421 { "421" } else { "451" })
+        .increment(1);
+    match e {
+        Overloaded::Shedding { .. } => Reply::new(code, (4, 3, 2), "Service busy (load shedding), try again later"),
+        _ => Reply::new(code, (4, 3, 2), "Service busy, try again later"),
+    }
+}
+
 impl Handler for SmtpHandler {
-    fn on_connect(&self, _info: &SessionInfo) -> Result<(), Reply> {
+    fn on_connect(&self, info: &SessionInfo) -> Result<(), Reply> {
         if !self.engine.is_accepting() {
             return Err(Reply::new(421, (4, 3, 2), "Service shutting down"));
+        }
+        let active = self.limits.as_ref().map_or(0, |l| l.active());
+        if let Err(e) = self.backpressure.check_smtp_session(active) {
+            tracing::debug!(peer = %info.peer, error = %e, "SMTP connection refused");
+            return Err(overloaded_reply(421, &e));
         }
         Ok(())
     }
 
+    fn greeting_delay(&self, _info: &SessionInfo) -> Duration {
+        self.backpressure.greeting_delay()
+    }
+
     fn on_mail(&self, _info: &SessionInfo, sender: &str) -> Result<(), Reply> {
+        if let Err(e) = self.backpressure.check_new_work() {
+            return Err(overloaded_reply(451, &e));
+        }
         if !sender.is_empty() {
             if let Err(reason) = mta_core::reception::check_address(sender) {
                 return Err(Reply::new(553, (5, 1, 7), format!("Bad sender address: {reason}")));

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::cache::{Answer, Cache, Entry, Key};
+use super::cache::{Answer, Cache, Entry, Key, Memo};
 use super::config::DnsConfig;
 use super::error::{DnsError, TransientKind};
 use super::records::{MxRecord, Source, TxtRecord};
@@ -32,12 +32,55 @@ pub(crate) struct Inner {
     queued: AtomicUsize,
     in_flight: AtomicI64,
     /// Tokens for retries: +ratio per first attempt, -1 per retry, capped.
-    retry_tokens: Mutex<f64>,
-    retry_cap: f64,
+    retry_budget: Mutex<RetryBudget>,
     delay_nanos: AtomicU64,
     pub coalesced: AtomicU64,
     pub refreshes: AtomicU64,
     pub retries: AtomicU64,
+}
+
+/// A retry may be sent when this many tokens are left for it.
+///
+/// Every first attempt deposits `retry_budget_ratio` tokens (capped at 100 x ratio, at least 1),
+/// every retry takes one. A retry is any query beyond the first for a (name, type) whose last
+/// outcome was a transient failure: an immediate retry inside a fetch, and also the first query
+/// of a later fetch of a name that failed recently (`Memo::Retry`): from the upstream's side,
+/// callers re-asking a failing name are retries too, and counting them as first attempts would
+/// let them mint tokens and escape the budget. A floor of `RETRY_FLOOR_PER_SEC` tokens per
+/// second keeps failed names retried (slowly) when no new names come to fund the budget, e.g.
+/// after an outage ends.
+struct RetryBudget {
+    tokens: f64,
+    cap: f64,
+    /// Tokens gained per second whatever the traffic.
+    floor: f64,
+    last: Instant,
+}
+
+/// Tokens per second the retry budget gains whatever the traffic (see `RetryBudget`), unless
+/// `retry_budget_ratio` is 0. At 1/s it adds nothing measurable to a busy pool's traffic.
+const RETRY_FLOOR_PER_SEC: f64 = 1.0;
+
+impl RetryBudget {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.floor).min(self.cap);
+    }
+
+    fn deposit(&mut self, amount: f64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + amount).min(self.cap);
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// Removes the in-flight entry when the fetch task ends, even by panic.
@@ -79,8 +122,13 @@ impl Inner {
             permits: Semaphore::new(cfg.max_in_flight.max(1)),
             queued: AtomicUsize::new(0),
             in_flight: AtomicI64::new(0),
-            retry_tokens: Mutex::new(retry_cap),
-            retry_cap,
+            retry_budget: Mutex::new(RetryBudget {
+                tokens: retry_cap,
+                cap: retry_cap,
+                // no retries configured: no floor either
+                floor: if cfg.retry_budget_ratio > 0.0 { RETRY_FLOOR_PER_SEC } else { 0.0 },
+                last: Instant::now(),
+            }),
             delay_nanos: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
@@ -108,7 +156,7 @@ impl Inner {
     pub async fn lookup(self: &Arc<Self>, key: Key) -> Result<(Arc<Entry>, Source), DnsError> {
         let now = Instant::now();
         let deadline = now + self.cfg.lookup_timeout;
-        let cached = self.cache.get(&key);
+        let cached = self.cache.get(&key, now);
         if let Some(e) = &cached {
             if now < e.expires {
                 let result = if e.data.is_ok() { "hit" } else { "negative" };
@@ -118,15 +166,24 @@ impl Inner {
             }
         }
         let stale = cached.filter(|e| now < e.stale_until);
-        if let Some(kind) = self.cache.recent_failure(&key) {
-            if let Some(e) = stale {
+        let stale_or = |stale: Option<Arc<Entry>>, kind: TransientKind| match stale {
+            Some(e) => {
                 counter!("mta_dns_cache_total", "result" => "stale").increment(1);
-                return Ok((e, Source::Stale));
+                Ok((e, Source::Stale))
             }
-            return Err(DnsError::transient(kind));
-        }
+            None => Err(DnsError::transient(kind)),
+        };
+        let retry_of = match self.cache.failure(&key, now) {
+            Memo::Failing(kind) => return stale_or(stale, kind),
+            Memo::Retry(kind) => Some(kind),
+            Memo::Clear => None,
+        };
         counter!("mta_dns_cache_total", "result" => "miss").increment(1);
-        let fetch = self.fetch(key, true);
+        let fetch = match self.fetch(key, true, retry_of) {
+            Ok(f) => f,
+            // a retry the budget does not allow: no packet, the failure (or stale answer) now
+            Err(kind) => return stale_or(stale, kind),
+        };
         // With a stale answer in hand, do not make the caller wait a whole lookup deadline for
         // a failing upstream (RFC 8767 "client response timer").
         let wait_until = if stale.is_some() { deadline.min(now + self.cfg.query_timeout) } else { deadline };
@@ -154,26 +211,42 @@ impl Inner {
         if left <= e.ttl.as_secs_f64() * frac && !e.refreshing.swap(true, Ordering::Relaxed) {
             self.refreshes.fetch_add(1, Ordering::Relaxed);
             counter!("mta_dns_refreshes_total").increment(1);
-            drop(self.fetch(key.clone(), false));
+            drop(self.fetch(key.clone(), false, None));
         }
     }
 
     /// Join the fetch of `key` in progress, or start one (a spawned task: it completes and fills
-    /// the cache even if every caller gave up).
-    fn fetch(self: &Arc<Self>, key: Key, count_join: bool) -> SharedFetch {
+    /// the cache even if every caller gave up). `retry_of`: the name failed recently with this
+    /// kind, so a new fetch is a retry and needs a token of the retry budget; without one,
+    /// `Err(kind)` and nothing is sent.
+    fn fetch(
+        self: &Arc<Self>,
+        key: Key,
+        count_join: bool,
+        retry_of: Option<TransientKind>,
+    ) -> Result<SharedFetch, TransientKind> {
         let mut map = self.inflight.lock();
         if let Some(f) = map.get(&key) {
             if count_join {
                 self.coalesced.fetch_add(1, Ordering::Relaxed);
                 counter!("mta_dns_coalesced_total").increment(1);
             }
-            return f.clone();
+            return Ok(f.clone());
+        }
+        if let Some(kind) = retry_of {
+            if !self.retry_budget.lock().take(Instant::now()) {
+                counter!("mta_dns_retry_budget_exhausted_total").increment(1);
+                return Err(kind);
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            counter!("mta_dns_retries_total").increment(1);
         }
         let inner = self.clone();
         let k = key.clone();
+        let first = retry_of.is_none();
         let task = tokio::spawn(async move {
             let _guard = InflightGuard { inner: inner.clone(), key: k.clone() };
-            let res = inner.resolve_upstream(&k).await;
+            let res = inner.resolve_upstream(&k, first).await;
             match &res {
                 Ok(entry) => inner.cache.insert(k, entry.clone()),
                 Err(e) => {
@@ -188,16 +261,17 @@ impl Inner {
             .boxed()
             .shared();
         map.insert(key, fut.clone());
-        fut
+        Ok(fut)
     }
 
     /// Ask upstreams until an answer, a permanent negative, the deadline or the retry budget.
-    async fn resolve_upstream(&self, key: &Key) -> Result<Arc<Entry>, DnsError> {
+    /// `first`: this fetch's first query is a first attempt (it funds the retry budget); else
+    /// it is a retry whose token the caller took.
+    async fn resolve_upstream(&self, key: &Key, first: bool) -> Result<Arc<Entry>, DnsError> {
         let deadline = Instant::now() + self.cfg.lookup_timeout;
         let name = Name::from_ascii(&*key.0).map_err(|e| DnsError::InvalidName(e.to_string()))?;
-        {
-            let mut t = self.retry_tokens.lock();
-            *t = (*t + self.cfg.retry_budget_ratio).min(self.retry_cap);
+        if first {
+            self.retry_budget.lock().deposit(self.cfg.retry_budget_ratio, Instant::now());
         }
         let mut tried: Vec<usize> = Vec::new();
         loop {
@@ -210,19 +284,25 @@ impl Inner {
             if kind == TransientKind::Overloaded || Instant::now() >= deadline {
                 return Err(DnsError::transient(kind));
             }
-            {
-                let mut t = self.retry_tokens.lock();
-                if *t < 1.0 {
-                    counter!("mta_dns_retry_budget_exhausted_total").increment(1);
-                    return Err(DnsError::transient(kind));
-                }
-                *t -= 1.0;
-            }
-            self.retries.fetch_add(1, Ordering::Relaxed);
-            counter!("mta_dns_retries_total").increment(1);
             if !tried.contains(&idx) {
                 tried.push(idx);
             }
+            // An upstream that answered SERVFAIL / REFUSED is not asked again at once: it caches
+            // that failure itself (RFC 9520, at least 1 s), so the retry would most likely buy
+            // the same answer. Another upstream is worth a retry; a lost packet (timeout,
+            // network) is worth one to the same upstream. A name left failing is retried later,
+            // when a caller asks for it again after the memo (a retry too, same budget): the
+            // budget then goes to the names callers want, not to names asked once.
+            let answered_failure = matches!(kind, TransientKind::ServFail | TransientKind::Refused);
+            if answered_failure && tried.len() >= self.upstreams.len() {
+                return Err(DnsError::transient(kind));
+            }
+            if !self.retry_budget.lock().take(Instant::now()) {
+                counter!("mta_dns_retry_budget_exhausted_total").increment(1);
+                return Err(DnsError::transient(kind));
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            counter!("mta_dns_retries_total").increment(1);
         }
     }
 

@@ -27,13 +27,27 @@ use super::Resolver;
 /// Requests answered at once; beyond, UDP requests are dropped (the client times out).
 const MAX_CONCURRENT: usize = 1024;
 
+/// Bind UDP and TCP on one port. With port 0 the UDP port the kernel picks may be taken for TCP, so try again
+/// with a new port (a fixed port is tried once).
+async fn bind_same_port(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..if addr.port() == 0 { 50 } else { 1 } {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no common UDP/TCP port")))
+}
+
 impl Resolver {
     /// Serve this pool over DNS (UDP and TCP, same port) on `addr` (`127.0.0.1:0` for an
     /// ephemeral port). Returns the bound address and the server task (abort it to stop).
     pub async fn serve_stub(&self, addr: SocketAddr) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        let udp = Arc::new(UdpSocket::bind(addr).await?);
+        let (udp, tcp) = bind_same_port(addr).await?;
+        let udp = Arc::new(udp);
         let local = udp.local_addr()?;
-        let tcp = TcpListener::bind(local).await?;
         let resolver = self.clone();
         let handle = tokio::spawn(async move {
             let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));

@@ -1,7 +1,8 @@
 //! `POST /api/v1/messages`: check everything, then inject through the engine (same reception processing and
 //! group commit as SMTP) and answer `202 {"id", "recipients"}` once the message is durable.
 //!
-//! Order of checks, all before the spool is touched: accepting (`503`), `Content-Type: application/json`
+//! Order of checks, all before the spool is touched: accepting and back-pressure (`503` + `Retry-After`),
+//! `Content-Type: application/json`
 //! (`415`), body size (`413`), `Idempotency-Key` form (`400`), JSON (`400 invalid_json`), request fields
 //! (`400` naming the field), content (raw or structured, `400`), envelope and size via
 //! [`mta_core::Engine::validate`] (`400`/`413`). Then the idempotency key (`409` in flight, `422` other body,
@@ -62,6 +63,13 @@ async fn inject(state: &HttpState, caller: &Caller, headers: &HeaderMap, body: B
     let counted = super::Injecting::start(&state.inner);
     if counted.is_none() || !engine.is_accepting() {
         return Err(ApiError::unavailable("shutting_down", "the node is stopping; retry elsewhere", 5));
+    }
+    // Back-pressure: shedding refuses every new injection, degraded caps those in flight (this one counted).
+    let in_flight = state.inner.injecting.load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = state.inner.backpressure.check_http_injection(in_flight) {
+        metrics::counter!("mta_http_backpressure_refusals_total").increment(1);
+        let retry_after = e.retry_after().as_secs().max(1);
+        return Err(ApiError::unavailable("overloaded", mta_core::InjectError::from(e).to_string(), retry_after));
     }
     check_content_type(headers)?;
     let bytes = read_body(body, state.inner.max_body).await?;

@@ -6,6 +6,8 @@
 //! - [`inject`]: `POST /api/v1/messages`; [`content`]: raw and structured content to message bytes;
 //!   [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`debug`]: `PUT /api/v1/debug/faults`.
+//! - health: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
+//!   reasons and `Retry-After`) and `GET /api/v1/health` (every signal with its value and marks) are here.
 //! - [`auth`]: bearer keys, loopback rule, trusted proxies; [`ratelimit`]: per-key token buckets.
 //! - [`error`]: `ApiError` and its JSON form; [`listener`]: the TLS accept loop.
 //! - [`client`]: the `mta-server queue` command (a client of the admin API).
@@ -37,6 +39,7 @@ use axum::routing::{get, post, put, MethodRouter};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use mta_core::backpressure::{Backpressure, State as HealthState};
 use mta_core::Engine;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -68,6 +71,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/v1/queue/{domain}/resume", auth: true },
     Route { method: "GET", path: "/api/v1/senders", auth: true },
     Route { method: "GET", path: "/api/v1/openapi.json", auth: true },
+    Route { method: "GET", path: "/api/v1/health", auth: true },
     Route { method: "GET", path: "/health/live", auth: false },
     Route { method: "GET", path: "/health/ready", auth: false },
     Route { method: "GET", path: "/metrics", auth: false },
@@ -87,6 +91,7 @@ fn method_router(route: &Route) -> MethodRouter<HttpState> {
         ("POST", "/api/v1/queue/{domain}/resume") => post(queue::resume),
         ("GET", "/api/v1/senders") => get(queue::get_senders),
         ("GET", "/api/v1/openapi.json") => get(openapi),
+        ("GET", "/api/v1/health") => get(health),
         ("GET", "/health/live") => get(live),
         ("GET", "/health/ready") => get(ready),
         ("GET", "/metrics") => get(metrics_text),
@@ -119,6 +124,8 @@ struct Inner {
     injecting: AtomicUsize,
     /// Sender pre-flight checks (when DKIM keys are configured).
     preflight: Option<Arc<mta_core::auth::Preflight>>,
+    /// The node's health state: injections get `503` while shedding, `/health/ready` fails.
+    backpressure: Backpressure,
 }
 
 /// Shared state of every HTTP handler; cheap to clone.
@@ -158,10 +165,20 @@ impl HttpState {
             draining: AtomicBool::new(false),
             injecting: AtomicUsize::new(0),
             preflight,
+            backpressure: Backpressure::disabled(),
             engine,
             prometheus,
         };
         Ok(HttpState { inner: Arc::new(inner) })
+    }
+
+    /// Refuse injections and fail readiness by `backpressure` (before the state is shared).
+    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.backpressure = backpressure,
+            None => tracing::error!("HttpState::with_backpressure called after the state was shared; ignored"),
+        }
+        self
     }
 }
 
@@ -278,16 +295,40 @@ async fn live() -> impl IntoResponse {
     Json(json!({"state": "alive"}))
 }
 
+/// `200 {"state":"healthy"}`, `200 {"state":"degraded","reasons":[...]}`, or
+/// `503 {"state":"shedding","reasons":[...]}` with `Retry-After` (also while stopping).
 async fn ready(State(state): State<HttpState>) -> Response {
-    if state.inner.engine.is_accepting() && !state.inner.draining.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(json!({"state": "healthy"}))).into_response()
-    } else {
-        let mut response =
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"state": "shedding", "reasons": ["shutting down"]})))
-                .into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(5u64));
-        response
+    let inner = &state.inner;
+    let retry_after = inner.backpressure.retry_after().as_secs().max(1);
+    if !inner.engine.is_accepting() || inner.draining.load(Ordering::SeqCst) {
+        let body = json!({"state": "shedding", "reasons": ["shutting down"]});
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        return response;
     }
+    match inner.backpressure.state() {
+        HealthState::Healthy => (StatusCode::OK, Json(json!({"state": "healthy"}))).into_response(),
+        HealthState::Degraded => {
+            let reasons = inner.backpressure.snapshot().reasons.clone();
+            (StatusCode::OK, Json(json!({"state": "degraded", "reasons": reasons}))).into_response()
+        }
+        HealthState::Shedding => {
+            let reasons = inner.backpressure.snapshot().reasons.clone();
+            let body = json!({"state": "shedding", "reasons": reasons});
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+            response
+        }
+    }
+}
+
+/// `GET /api/v1/health`: the back-pressure state, every signal with its value over the window and its marks.
+async fn health(State(state): State<HttpState>) -> Response {
+    let snapshot = state.inner.backpressure.snapshot();
+    let mut body = serde_json::to_value(&*snapshot).unwrap_or_else(|_| json!({}));
+    body["accepting"] = json!(state.inner.engine.is_accepting() && !state.inner.draining.load(Ordering::SeqCst));
+    body["retry_after_secs"] = json!(state.inner.backpressure.retry_after().as_secs());
+    Json(body).into_response()
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> Response {

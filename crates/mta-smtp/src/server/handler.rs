@@ -53,6 +53,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Called at connect: `Ok` to greet, `Err(reply)` to send it (e.g. `421 4.3.2` under load) and close.
     fn on_connect(&self, info: &SessionInfo) -> Result<(), Reply>;
 
+    /// How long to wait before the `220` greeting (tarpitting while the node is degraded). Zero by default.
+    fn greeting_delay(&self, _info: &SessionInfo) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// MAIL FROM accepted syntactically: `Ok`, or a reply (e.g. `451 4.3.2` when shedding load).
     fn on_mail(&self, info: &SessionInfo, sender: &str) -> Result<(), Reply>;
 

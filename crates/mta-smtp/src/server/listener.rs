@@ -27,6 +27,7 @@ pub struct ListenerOptions {
 #[derive(Debug)]
 pub struct ConnectionLimits {
     total: Arc<Semaphore>,
+    max_total: usize,
     max_per_ip: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -36,9 +37,15 @@ impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
         ConnectionLimits {
             total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
+            max_total: max_total.min(Semaphore::MAX_PERMITS),
             max_per_ip,
             per_ip: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sessions open right now, on every listener sharing these limits (for back-pressure caps).
+    pub fn active(&self) -> usize {
+        self.max_total.saturating_sub(self.total.available_permits())
     }
 
     /// Sessions from `ip` right now.

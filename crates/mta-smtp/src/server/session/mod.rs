@@ -137,6 +137,10 @@ where
             self.reply(&reply);
             return Ok(());
         }
+        let delay = self.handler.greeting_delay(&self.info);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let greeting = Reply::basic(220, format!("{} ESMTP", self.config.hostname));
         self.reply(&greeting);
         loop {
