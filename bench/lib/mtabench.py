@@ -211,7 +211,9 @@ class Server:
         return text
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        # Signal the server itself (under --strace, self.proc is strace, which writes its summary when the
+        # server exits but loses it when killed).
+        os.kill(self.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -3,9 +3,10 @@
 
 Matrix: 1 KiB and 100 KiB messages x 1, 8, 64 sessions x connection reuse on/off. Reports messages/s,
 p50/p99 time from end-of-data to the 250 (server histogram, bucket resolution), fsyncs per message and server
-CPU per message. Usage: bench/smtp/run.py [--quick] [--strace]
+CPU per message. Usage: bench/smtp/run.py [--quick] [--strace] [--only SIZE,SESSIONS,yes|no]
 """
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 import mtabench as mb  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+# --only SIZE,SESSIONS,REUSE (e.g. --only 1024,64,yes): one case of the matrix (with --strace: its syscall counts).
+ONLY = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
 
 
 def run_case(server, size, sessions, reuse, count):
@@ -39,6 +42,7 @@ def run_case(server, size, sessions, reuse, count):
 
 def main():
     mb.build()
+    print("#", mb.describe(), flush=True)
     strace_file = "/tmp/mta-bench-strace.txt" if "--strace" in sys.argv else None
     # Injection only: delivery off, so the figures are what intake costs.
     server = mb.Server(extra="[delivery]\nenabled = false\n", strace=strace_file)
@@ -47,6 +51,8 @@ def main():
         for size in (1024, 102400):
             for sessions in (1, 8, 64):
                 for reuse in (True, False):
+                    if ONLY and ONLY != f"{size},{sessions},{'yes' if reuse else 'no'}":
+                        continue
                     n = 2000 if sessions == 1 else 20000
                     if size > 1024:
                         n //= 4
@@ -61,6 +67,7 @@ def main():
                           f"{r['fsync_per_msg']:.3f} fsync/msg  {r['cpu_ms_per_msg']:.3f} ms CPU/msg", flush=True)
     finally:
         server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
     if strace_file:
         print(open(strace_file).read())
     print("\n| size | sessions | reuse | msgs/s | p50 to 250 | p99 to 250 | fsyncs/msg | server CPU/msg |")

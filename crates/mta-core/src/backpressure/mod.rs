@@ -19,7 +19,8 @@
 //!   disk is seen while it hangs, not after.
 //! - **DNS upstream health**: smoothed RTT and timeout + SERVFAIL rate of *our* upstream resolvers, weighted
 //!   by the queries each got in the window. A slow destination domain does not show here (it is deferred by
-//!   delivery); a window without any query says nothing (the signal is absent, not "good" or "bad").
+//!   delivery). When no query goes upstream any more, the last evidence holds for three windows, then the
+//!   signal is absent (not "good" or "bad"): real traffic probes the upstreams again.
 //! - **Event-loop lag**: how late a 100 ms ticker wakes (p90 over the window): CPU starvation or blocking.
 //! - **Free disk** of the spool's filesystem and **RSS** of the process.
 //!

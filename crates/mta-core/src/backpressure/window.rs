@@ -78,10 +78,15 @@ impl SpoolWindow {
     }
 }
 
+/// How many windows the last DNS evidence is kept when no query goes upstream any more. While a node sheds
+/// because of DNS, intake stops and lookups may stop with it: the last value holds for this long (not
+/// forever: then real traffic probes the upstreams again, like a half-open circuit breaker).
+const DNS_EVIDENCE_WINDOWS: u32 = 3;
+
 /// DNS upstream health over the window, weighted by the queries each upstream got.
 #[derive(Debug, Default)]
 pub(crate) struct DnsWindow {
-    /// Per tick: (when, queries in the tick, Σ queries × srtt ms, Σ queries × failure rate).
+    /// Per tick with queries: (when, queries in the tick, Σ queries × srtt ms, Σ queries × failure rate).
     ticks: VecDeque<(Instant, u64, f64, f64)>,
     last_queries: HashMap<SocketAddr, u64>,
 }
@@ -100,9 +105,18 @@ impl DnsWindow {
                 fail += delta as f64 * (h.timeout_rate + h.servfail_rate).min(1.0);
             }
         }
-        self.ticks.push_back((now, q, rtt, fail));
-        while self.ticks.front().is_some_and(|(t, ..)| now.saturating_duration_since(*t) > window) {
-            self.ticks.pop_front();
+        if q > 0 {
+            self.ticks.push_back((now, q, rtt, fail));
+        }
+        // Ticks older than the window go, except the newest one while it is younger than the evidence hold.
+        let hold = window * DNS_EVIDENCE_WINDOWS;
+        while let Some((t, ..)) = self.ticks.front() {
+            let age = now.saturating_duration_since(*t);
+            if age > hold || (age > window && self.ticks.len() > 1) {
+                self.ticks.pop_front();
+            } else {
+                break;
+            }
         }
     }
 
@@ -207,9 +221,15 @@ mod tests {
         assert_eq!(d.queries(), 4);
         assert!((d.rtt_ms().unwrap() - (900.0 + 30.0) / 4.0).abs() < 1e-6);
         assert!((d.failure_rate().unwrap() - 0.9 / 4.0).abs() < 1e-6);
-        // Idle upstreams: the stale SRTT says nothing once the window has passed.
+        // Idle upstreams: the last evidence holds for three windows, then says nothing.
         d.push(t0 + Duration::from_secs(5), w, &[h(a, 900, 0.9, 101), h(b, 10, 0.0, 103)]);
+        assert!((d.rtt_ms().unwrap() - (900.0 + 30.0) / 4.0).abs() < 1e-6);
+        d.push(t0 + Duration::from_secs(7), w, &[h(a, 900, 0.9, 101), h(b, 10, 0.0, 103)]);
         assert_eq!(d.rtt_ms(), None);
+        // New queries replace the old evidence as the window moves.
+        d.push(t0 + Duration::from_secs(8), w, &[h(a, 900, 0.9, 101), h(b, 20, 0.0, 105)]);
+        d.push(t0 + Duration::from_secs(11), w, &[h(a, 900, 0.9, 101), h(b, 30, 0.0, 106)]);
+        assert_eq!(d.rtt_ms(), Some(30.0));
     }
 
     #[test]
