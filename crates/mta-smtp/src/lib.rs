@@ -15,6 +15,8 @@
 #![warn(missing_docs)]
 
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod proxy;
 pub mod server;

@@ -1,47 +1,13 @@
 //! Property tests: the fuzz targets' logic on stable (see fuzz/README.md), plus a dot-stuffing round trip.
 
 use mta_smtp::proto::data::{dot_stuff, BdatReceiver, DataReceiver, Progress};
-use mta_smtp::proto::line::{LineEvent, LineReader};
-use mta_smtp::Command;
 use proptest::prelude::*;
 
-/// What fuzz/fuzz_targets/command_parser.rs runs.
-fn command_parser(data: &[u8]) {
-    if let Err(e) = Command::parse(data) {
-        let _ = e.reply().to_string();
-    }
-    let mut reader = LineReader::new(512);
-    let mut buf = bytes::BytesMut::from(data);
-    while let Some(event) = reader.next(&mut buf) {
-        if let LineEvent::Line(line) = event {
-            let _ = Command::parse(&line);
-        }
-    }
-}
+use mta_smtp::fuzzing::command_parser;
 
-/// What fuzz/fuzz_targets/data_reader.rs runs: the input split at `split`, fed to both receivers.
+/// What fuzz/fuzz_targets/data_reader.rs runs (with a smaller cap so the cap is reached).
 fn data_reader(data: &[u8], split: usize) {
-    let split = split.min(data.len());
-    let mut r = DataReceiver::new(998, 4096);
-    let mut done = false;
-    for part in [&data[..split], &data[split..]] {
-        if let Progress::Done { consumed } = r.feed(part) {
-            assert!(consumed <= part.len());
-            done = true;
-            break;
-        }
-    }
-    if done {
-        if let Ok(m) = r.finish() {
-            assert!(m.len() <= 4096);
-        }
-    }
-    let mut b = BdatReceiver::new(998, 4096);
-    b.start_chunk(split as u64);
-    let _ = b.feed(data);
-    b.start_chunk((data.len() - split) as u64);
-    let _ = b.feed(&data[split..]);
-    let _ = b.finish();
+    mta_smtp::fuzzing::data_reader(data, split, 4096);
 }
 
 fn content_line() -> impl Strategy<Value = Vec<u8>> {

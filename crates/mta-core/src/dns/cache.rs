@@ -197,10 +197,8 @@ impl<V: Expiring + Clone> Clock<V> {
     pub fn remove(&self, key: &Key) {
         let old = {
             let mut s = self.shard(key).lock();
-            match s.map.get(key) {
-                Some(&idx) => Some(s.remove_at(idx)),
-                None => None,
-            }
+            let idx = s.map.get(key).copied();
+            idx.map(|i| s.remove_at(i))
         };
         drop(old);
     }

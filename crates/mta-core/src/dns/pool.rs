@@ -294,7 +294,7 @@ impl Inner {
             // when a caller asks for it again after the memo (a retry too, same budget): the
             // budget then goes to the names callers want, not to names asked once.
             let answered_failure = matches!(kind, TransientKind::ServFail | TransientKind::Refused);
-            if answered_failure && tried.len() >= self.upstreams.len() && std::env::var_os("TMP_B").is_none() {
+            if answered_failure && tried.len() >= self.upstreams.len() {
                 return Err(DnsError::transient(kind));
             }
             if !self.retry_budget.lock().take(Instant::now()) {
