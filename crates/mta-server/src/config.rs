@@ -806,6 +806,24 @@ mod tests {
     }
 
     #[test]
+    fn backpressure_keys_and_checks() {
+        let c = Config::parse(
+            "[smtp]\nmax_connections = 100\n[backpressure]\ndns_action = \"defer\"\nwindow = \"3s\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let core = c.backpressure.to_core(c.smtp.max_connections);
+        assert_eq!(core.dns_action, mta_core::backpressure::DnsAction::Defer);
+        assert_eq!(core.degraded_smtp_sessions, 50, "default: half of smtp.max_connections");
+        assert_eq!(core.window.as_secs(), 3);
+        assert_eq!(core.fsyncs_per_sec.shed, None, "0 is off");
+        for bad in ["dns_action = \"drop\"", "low_mark_ratio = 0", "low_mark_ratio = 1.5", "window = \"1ms\""] {
+            let e = Config::parse(&format!("[backpressure]\n{bad}\n"), Path::new("t.toml")).unwrap_err().to_string();
+            assert!(e.contains("backpressure"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("100/s"), Some(100.0));
         assert_eq!(parse_rate("60/m"), Some(1.0));
