@@ -296,7 +296,7 @@ fn http_client(front: SocketAddr, stop: Arc<AtomicBool>, tally: Shared) -> JoinH
                         tally.lock().unwrap().accepted.push(Accepted { rcpt, node, id, sent, attempts });
                         break;
                     }
-                    Ok((code @ (502 | 503 | 504), _)) => {
+                    Ok((code @ 502..=504, _)) => {
                         *tally.lock().unwrap().refused.entry(format!("http {code}")).or_insert(0) += 1;
                     }
                     Ok((code, v)) => panic!("unexpected {code}: {v}"),

@@ -390,23 +390,25 @@ impl Inner {
                 Err(t) => wait_until = Some(t),
             }
         }
-        let delay = Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed));
-        if !delay.is_zero() {
-            let until = (Instant::now() + delay).min(deadline);
-            tokio::time::sleep_until(until.into()).await;
-            if Instant::now() >= deadline {
-                return Reply::Failed(TransientKind::Timeout);
-            }
-        }
         up.count_query();
         counter!("mta_dns_queries_total", "upstream" => up.label.clone()).increment(1);
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         gauge!("mta_dns_in_flight").set(n as f64);
         let _f = InFlightGuard(&self.in_flight);
         let t0 = Instant::now();
-        let reply = match tokio::time::timeout_at(deadline.into(), up.engine.lookup(name.clone(), rtype)).await {
-            Ok(r) => Reply::from_result(r),
-            Err(_) => Reply::Failed(TransientKind::Timeout),
+        // The debug fault (`dns_delay_ms`) stands for a slow upstream: it is inside the measured RTT, so health
+        // and back-pressure see it exactly as they would see a real slow resolver.
+        let delay = Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed));
+        if !delay.is_zero() {
+            tokio::time::sleep_until((Instant::now() + delay).min(deadline).into()).await;
+        }
+        let reply = if Instant::now() >= deadline {
+            Reply::Failed(TransientKind::Timeout)
+        } else {
+            match tokio::time::timeout_at(deadline.into(), up.engine.lookup(name.clone(), rtype)).await {
+                Ok(r) => Reply::from_result(r),
+                Err(_) => Reply::Failed(TransientKind::Timeout),
+            }
         };
         let rtt = t0.elapsed();
         histogram!("mta_dns_query_seconds", "upstream" => up.label.clone()).record(rtt.as_secs_f64());
