@@ -13,6 +13,7 @@ Usage: bench/delivery/memory.py [--messages 500000] [--cache-mb 16] [--domains 1
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,12 +37,33 @@ def settled_rss(srv, settle=3.0, limit=60.0):
     return last, peak
 
 
-def measure(directory, cache_bytes, sink_port):
+def trimmed_rss(srv):
+    """RSS after glibc's malloc_trim(0) (called through gdb): how much of the RSS is freed-but-retained heap."""
+    subprocess.run(["gdb", "-p", str(srv.pid), "-batch", "-ex", "call (int)malloc_trim(0)"],
+                   capture_output=True, timeout=120)
+    time.sleep(0.5)
+    return srv.rss_kb()
+
+
+def anon_kb(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(directory, cache_bytes, sink_port, trim=False):
     extra = f'[dns]\nnameservers = ["127.0.0.1:9"]\n[delivery]\nport = {sink_port}\n'
     srv = mb.start_server(extra=extra, directory=directory, spool_extra=f"cache_bytes = {cache_bytes}")
     try:
         t_ready = time.time() - srv.started
         rss, peak = settled_rss(srv)
+        if trim:
+            anon = anon_kb(srv.pid)
+            after = trimmed_rss(srv)
+            print(f"#   RSS {rss / 1024:.1f} MiB (anonymous {anon / 1024:.1f} MiB); after malloc_trim(0): "
+                  f"{after / 1024:.1f} MiB", flush=True)
         m = srv.metrics()
         records = mb.metric_sum(m, "mta_spool_records")
         delivered = mb.metric_sum(m, "mta_delivery_results_total")
@@ -56,6 +78,7 @@ def main():
     ap.add_argument("--cache-mb", type=int, default=16)
     ap.add_argument("--domains", default="100,100000")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--trim", action="store_true", help="also report RSS after malloc_trim(0) via gdb")
     a = ap.parse_args()
     mb.build(examples=True)
     print("#", mb.describe(), flush=True)
@@ -72,10 +95,10 @@ def main():
                   f"({time.time() - t:.1f} s)", flush=True)
             spools[dom] = d
         for rep in range(a.repeat):
-            base, base_peak, _, _, _ = measure(empty, cache, sink_port)
+            base, base_peak, _, _, _ = measure(empty, cache, sink_port, a.trim)
             print(f"run {rep + 1} empty spool: RSS {base / 1024:.1f} MiB", flush=True)
             for dom, d in spools.items():
-                rss, peak, t_ready, records, delivered = measure(d, cache, sink_port)
+                rss, peak, t_ready, records, delivered = measure(d, cache, sink_port, a.trim)
                 per_msg = (rss - base) * 1024 / a.messages
                 r = {"rep": rep + 1, "domains": dom, "base": base, "rss": rss, "peak": peak, "per_msg": per_msg,
                      "t_ready": t_ready, "records": records, "delivered": delivered, "load": mb.loadavg()}

@@ -201,6 +201,7 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Join(e.to_string()))??;
         metrics::gauge!("mta_spool_records").set(report.messages as f64);
+        delivery.compact_memory();
         if config.delivery.enabled {
             delivery.start();
         }

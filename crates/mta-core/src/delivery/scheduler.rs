@@ -274,6 +274,12 @@ impl Scheduler {
         rows
     }
 
+    /// Give back the heap's spare capacity (after recovery filled it in one go).
+    pub fn shrink_to_fit(&mut self) {
+        self.heap.shrink_to_fit();
+        self.queues.shrink_to_fit();
+    }
+
     /// Pairs with a timer.
     pub fn scheduled_len(&self) -> usize {
         self.heap.len()
