@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::SpoolError;
 use crate::id::QueueId;
-use crate::record::{BodyLocation, MessageRecord};
+use crate::record::{BodyLocation, MessageRecord, INLINE_MAX, INLINE_SEGMENT};
 use crate::segment::SegmentWriter;
 use crate::spool::Shared;
 
@@ -155,6 +155,17 @@ pub(crate) struct Committer {
     poisoned: Option<String>,
     max_round_ops: usize,
     max_round_bytes: u64,
+    /// Group-commit gathering: with several writers active, wait up to this long for more of them.
+    commit_delay: Duration,
+    /// Requests in the previous round: the sign of how many writers are active.
+    last_round_requests: usize,
+}
+
+/// What the gathering loop does with one request taken from the channel.
+enum Take {
+    Added,
+    Full,
+    Shutdown,
 }
 
 impl Committer {
@@ -174,7 +185,37 @@ impl Committer {
             poisoned: None,
             max_round_ops: max_round_ops.max(1),
             max_round_bytes: max_round_bytes.max(1),
+            commit_delay: Duration::ZERO,
+            last_round_requests: 0,
         }
+    }
+
+    /// Gather for up to `delay` when writers are concurrent (see [`crate::SpoolConfig::commit_delay`]).
+    pub(crate) fn with_commit_delay(mut self, delay: Duration) -> Self {
+        self.commit_delay = delay;
+        self
+    }
+
+    /// Add `next` to the round unless it would exceed the caps (then it is carried to the next round).
+    fn take(
+        &mut self,
+        next: Request,
+        batch: &mut Vec<Request>,
+        ops: &mut usize,
+        bytes: &mut u64,
+    ) -> (Take, Option<oneshot::Sender<()>>) {
+        if let Request::Shutdown { reply } = next {
+            return (Take::Shutdown, Some(reply));
+        }
+        let (o, b) = next.weight();
+        if *ops + o > self.max_round_ops || *bytes + b > self.max_round_bytes {
+            self.carry = Some(next);
+            return (Take::Full, None);
+        }
+        *ops += o;
+        *bytes += b;
+        batch.push(next);
+        (Take::Added, None)
     }
 
     /// Serve requests until every sender is gone or a shutdown is asked; queued requests are finished first.
@@ -200,22 +241,43 @@ impl Committer {
                 if delay > 0 {
                     std::thread::sleep(Duration::from_micros(delay));
                 }
+                let mut full = false;
                 while ops < self.max_round_ops && bytes < self.max_round_bytes {
                     let Ok(next) = self.rx.try_recv() else { break };
-                    if let Request::Shutdown { reply } = next {
-                        shutdown = Some(reply);
-                        break;
+                    match self.take(next, &mut batch, &mut ops, &mut bytes) {
+                        (Take::Added, _) => {}
+                        (Take::Full, _) => {
+                            full = true;
+                            break;
+                        }
+                        (Take::Shutdown, reply) => {
+                            shutdown = reply;
+                            break;
+                        }
                     }
-                    let (o, b) = next.weight();
-                    if ops + o > self.max_round_ops || bytes + b > self.max_round_bytes {
-                        self.carry = Some(next);
-                        break;
+                }
+                // Group commit gathering (like PostgreSQL's commit_delay with commit_siblings): when the last
+                // round served several writers, the others are likely a few hundred microseconds away; waiting
+                // briefly for them makes one sync cover more messages. A lone writer never waits.
+                if !full && shutdown.is_none() && !self.commit_delay.is_zero() && self.last_round_requests >= 4 {
+                    let deadline = started + self.commit_delay;
+                    while batch.len() < self.last_round_requests && Instant::now() < deadline {
+                        match self.rx.try_recv() {
+                            Ok(next) => match self.take(next, &mut batch, &mut ops, &mut bytes) {
+                                (Take::Added, _) => {}
+                                (Take::Full, _) => break,
+                                (Take::Shutdown, reply) => {
+                                    shutdown = reply;
+                                    break;
+                                }
+                            },
+                            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(50)),
+                            Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        }
                     }
-                    ops += o;
-                    bytes += b;
-                    batch.push(next);
                 }
             }
+            self.last_round_requests = batch.len();
             if !batch.is_empty() {
                 self.round(batch, started, ops, bytes);
             }
@@ -373,19 +435,39 @@ impl Committer {
     fn execute(&mut self, plan: &mut Plan) -> Result<Vec<BodyLocation>, SpoolError> {
         let shared = Arc::clone(&self.shared);
         let segments = &shared.segments;
-        let locations = if plan.bodies.is_empty() {
-            Vec::new()
-        } else {
-            let locations = segments.append(&mut self.writer, &plan.bodies)?;
+        // Small bodies go inline into the index (same transaction, same fsync); only large ones take a segment
+        // append and its own fdatasync, so a round of ordinary mail costs one sync.
+        let mut locations = vec![BodyLocation::default(); plan.bodies.len()];
+        let mut large = Vec::new();
+        let mut large_at = Vec::new();
+        for (i, (id, body)) in plan.bodies.iter().enumerate() {
+            if body.len() <= INLINE_MAX {
+                locations[i] = BodyLocation {
+                    segment: INLINE_SEGMENT,
+                    offset: 0,
+                    len: body.len() as u64,
+                    crc32: crc32fast::hash(body),
+                };
+            } else {
+                large.push((id.clone(), body.clone()));
+                large_at.push(i);
+            }
+        }
+        if !large.is_empty() {
+            let appended = segments.append(&mut self.writer, &large)?;
             segments.sync(&self.writer).map_err(|e| self.poison(e))?;
-            locations
-        };
+            for (i, loc) in large_at.into_iter().zip(appended) {
+                locations[i] = loc;
+            }
+        }
         let resolve = |b: BodyRef| match b {
             BodyRef::Stored(loc) => loc,
             BodyRef::Pending(i) => locations.get(i).copied().unwrap_or_default(),
         };
         let mut added = Vec::new();
         let mut removed = Vec::new();
+        // Inline body writes, in the order of the record writes they belong to.
+        let mut body_ops: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         let mut aux_ops: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         // Writes are replayed in order inside the transaction; keep them as one ordered list per tree.
         let mut record_ops: Vec<(&[u8], Option<Vec<u8>>)> = Vec::new();
@@ -396,13 +478,26 @@ impl Committer {
                     record.body = loc;
                     added.push(loc.segment);
                     if let Some(o) = old {
-                        removed.push(resolve(*o).segment);
+                        let o = resolve(*o);
+                        removed.push(o.segment);
+                        if o.segment == INLINE_SEGMENT && loc.segment != INLINE_SEGMENT {
+                            body_ops.push((key.as_slice(), None));
+                        }
+                    }
+                    if let (BodyRef::Pending(i), INLINE_SEGMENT) = (*body, loc.segment) {
+                        if let Some((_, bytes)) = plan.bodies.get(i) {
+                            body_ops.push((key.as_slice(), Some(bytes.as_ref())));
+                        }
                     }
                     record_ops.push((key.as_slice(), Some(record.encode())));
                 }
                 Write::RemoveRecord { key, old } => {
                     if let Some(o) = old {
-                        removed.push(resolve(*o).segment);
+                        let o = resolve(*o);
+                        removed.push(o.segment);
+                        if o.segment == INLINE_SEGMENT {
+                            body_ops.push((key.as_slice(), None));
+                        }
                     }
                     record_ops.push((key.as_slice(), None));
                 }
@@ -411,21 +506,29 @@ impl Committer {
             }
         }
         let index = &shared.index;
-        let tx: Result<(), TransactionError<()>> = (&index.records, &index.aux).transaction(|(records, aux)| {
-            for (key, value) in &record_ops {
-                match value {
-                    Some(v) => records.insert(*key, v.as_slice())?,
-                    None => records.remove(*key)?,
-                };
-            }
-            for (key, value) in &aux_ops {
-                match value {
-                    Some(v) => aux.insert(*key, *v)?,
-                    None => aux.remove(*key)?,
-                };
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+        let tx: Result<(), TransactionError<()>> =
+            (&index.records, &index.aux, &index.bodies).transaction(|(records, aux, bodies)| {
+                // One transaction: a record is never durable without the inline bytes it points at.
+                for (key, value) in &body_ops {
+                    match value {
+                        Some(v) => bodies.insert(*key, *v)?,
+                        None => bodies.remove(*key)?,
+                    };
+                }
+                for (key, value) in &record_ops {
+                    match value {
+                        Some(v) => records.insert(*key, v.as_slice())?,
+                        None => records.remove(*key)?,
+                    };
+                }
+                for (key, value) in &aux_ops {
+                    match value {
+                        Some(v) => aux.insert(*key, *v)?,
+                        None => aux.remove(*key)?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         match tx {
             Ok(()) => {}
             Err(TransactionError::Storage(e)) => return Err(self.poison(SpoolError::sled("apply round to index", e))),
@@ -434,8 +537,8 @@ impl Committer {
             }
         }
         index.flush_durable().map_err(|e| self.poison(e))?;
-        added.retain(|s| *s != 0);
-        removed.retain(|s| *s != 0);
+        added.retain(|s| *s != 0 && *s != INLINE_SEGMENT);
+        removed.retain(|s| *s != 0 && *s != INLINE_SEGMENT);
         segments.adjust_live(&added, &removed);
         Ok(locations)
     }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::error::SpoolError;
 use crate::id::QueueId;
-use crate::record::{BodyLocation, RECORD_FORMAT_VERSION};
+use crate::record::{BodyLocation, INLINE_SEGMENT, RECORD_FORMAT_VERSION};
 use crate::segment::fsync_path;
 use crate::stats::Stats;
 
@@ -31,6 +31,7 @@ const SLED_LOCK_RETRY: Duration = Duration::from_secs(5);
 const RECORDS_TREE: &str = "records";
 const AUX_TREE: &str = "aux";
 const QUARANTINE_TREE: &str = "quarantine";
+const BODIES_TREE: &str = "bodies";
 
 /// The sled database of one spool and its trees.
 pub(crate) struct Index {
@@ -42,6 +43,8 @@ pub(crate) struct Index {
     pub(crate) aux: sled::Tree,
     /// Records that failed to decode: original key → JSON with reason and raw bytes.
     pub(crate) quarantine: sled::Tree,
+    /// Queue id → message bytes of small messages ([`crate::record::INLINE_SEGMENT`]).
+    pub(crate) bodies: sled::Tree,
     /// State of the post-flush fsyncs; a mutex because recovery may flush from another thread.
     sync: Mutex<SledSync>,
     stats: Arc<Stats>,
@@ -102,6 +105,7 @@ impl Index {
         let records = tree(RECORDS_TREE)?;
         let aux = tree(AUX_TREE)?;
         let quarantine = tree(QUARANTINE_TREE)?;
+        let bodies = tree(BODIES_TREE)?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| SpoolError::io(format!("open {}", db_path.display()), e))?;
         let index = Index {
@@ -109,6 +113,7 @@ impl Index {
             records,
             aux,
             quarantine,
+            bodies,
             sync: Mutex::new(SledSync {
                 dir: dir.to_path_buf(),
                 db_file,
@@ -143,7 +148,9 @@ impl Index {
             let (_, value) = item.map_err(|e| SpoolError::sled("read records", e))?;
             survey.records += 1;
             match body_of(&value) {
-                Some(loc) if loc.segment != 0 => *survey.per_segment.entry(loc.segment).or_insert(0) += 1,
+                Some(loc) if loc.segment != 0 && loc.segment != INLINE_SEGMENT => {
+                    *survey.per_segment.entry(loc.segment).or_insert(0) += 1
+                }
                 Some(_) => {}
                 None => survey.unknown += 1,
             }
@@ -154,12 +161,34 @@ impl Index {
         Ok(survey)
     }
 
+    /// Read and verify the inline body of message `id` described by `loc`.
+    pub(crate) fn read_inline(&self, id: &QueueId, loc: &BodyLocation) -> Result<bytes::Bytes, SpoolError> {
+        let corrupt = |reason: String| SpoolError::Corrupt { key: id.to_string(), reason };
+        let value = self
+            .bodies
+            .get(id.as_str().as_bytes())
+            .map_err(|e| SpoolError::sled("read inline body", e))?
+            .ok_or_else(|| corrupt("inline body missing from the index".into()))?;
+        if value.len() as u64 != loc.len {
+            return Err(corrupt(format!("inline body is {} bytes, the record says {}", value.len(), loc.len)));
+        }
+        let got = crc32fast::hash(&value);
+        if got != loc.crc32 {
+            return Err(corrupt(format!(
+                "inline body checksum mismatch (stored {:08x}, computed {got:08x})",
+                loc.crc32
+            )));
+        }
+        Ok(bytes::Bytes::from(value.to_vec()))
+    }
+
     /// Write raw bytes under `key` in `tree` and flush durably. Only for tests that need corrupt data on disk.
     pub(crate) fn insert_raw(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), SpoolError> {
         let t = match tree {
             RECORDS_TREE => &self.records,
             AUX_TREE => &self.aux,
             QUARANTINE_TREE => &self.quarantine,
+            BODIES_TREE => &self.bodies,
             other => return Err(SpoolError::InvalidConfig(format!("no tree named {other}"))),
         };
         t.insert(key, value).map_err(|e| SpoolError::sled("insert raw", e))?;

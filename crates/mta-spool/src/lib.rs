@@ -42,7 +42,7 @@ pub use error::SpoolError;
 pub use id::{IdGenerator, QueueId};
 pub use record::{
     BodyLocation, DomainSchedule, MessageKind, MessageRecord, Priority, RecipientRecord, RecipientState, RecordError,
-    Source,
+    Source, INLINE_MAX, INLINE_SEGMENT,
 };
 pub use spool::{
     AuxEntry, ScanReport, Spool, SpoolConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_ROUND_BYTES, DEFAULT_MAX_ROUND_OPS,

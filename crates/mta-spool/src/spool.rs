@@ -17,7 +17,7 @@ use crate::committer::{CommitReply, Committer, Op, Request};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, QueueId};
 use crate::index::Index;
-use crate::record::MessageRecord;
+use crate::record::{BodyLocation, MessageRecord, INLINE_SEGMENT};
 use crate::segment::{fsync_path, Segments};
 use crate::stats::{SpoolStats, Stats};
 
@@ -49,6 +49,9 @@ pub struct SpoolConfig {
     pub max_round_ops: usize,
     /// Most body bytes in one commit round (a single larger body still gets a round of its own).
     pub max_round_bytes: u64,
+    /// Group commit gathering: when the previous round served several writers, wait up to this long for the
+    /// rest before syncing (a lone writer never waits). Zero turns it off.
+    pub commit_delay: Duration,
 }
 
 impl SpoolConfig {
@@ -62,6 +65,7 @@ impl SpoolConfig {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             max_round_ops: DEFAULT_MAX_ROUND_OPS,
             max_round_bytes: DEFAULT_MAX_ROUND_BYTES,
+            commit_delay: Duration::from_micros(1500),
         }
     }
 }
@@ -88,6 +92,17 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     /// Fault injection: the committer sleeps this long (µs) before each round; 0 = off.
     pub(crate) flush_delay_us: AtomicU64,
+}
+
+impl Shared {
+    /// The verified bytes of message `id`: inline in the index or in a body segment.
+    pub(crate) fn read_body(&self, id: &QueueId, loc: &BodyLocation) -> Result<Bytes, SpoolError> {
+        if loc.segment == INLINE_SEGMENT {
+            self.index.read_inline(id, loc)
+        } else {
+            self.segments.read(id, loc)
+        }
+    }
 }
 
 /// A durable message spool. Cheap to clone; every clone is the same spool.
@@ -177,7 +192,8 @@ impl Spool {
 
         let shared = Arc::new(Shared { index, segments, stats, flush_delay_us: AtomicU64::new(0) });
         let (tx, rx) = mpsc::channel(config.channel_capacity);
-        let committer = Committer::new(shared.clone(), writer, rx, config.max_round_ops, config.max_round_bytes);
+        let committer = Committer::new(shared.clone(), writer, rx, config.max_round_ops, config.max_round_bytes)
+            .with_commit_delay(config.commit_delay);
         let handle = std::thread::Builder::new()
             .name("mta-spool-commit".into())
             .spawn(move || committer.run())
@@ -270,12 +286,12 @@ impl Spool {
         let this = self.clone();
         let id = record.id.clone();
         let loc = record.body;
-        tokio::task::spawn_blocking(move || this.shared().segments.read(&id, &loc)).await.map_err(join_error)?
+        tokio::task::spawn_blocking(move || this.shared().read_body(&id, &loc)).await.map_err(join_error)?
     }
 
     /// [`Spool::read_body`] for threads that may block.
     pub fn read_body_blocking(&self, record: &MessageRecord) -> Result<Bytes, SpoolError> {
-        self.shared().segments.read(&record.id, &record.body)
+        self.shared().read_body(&record.id, &record.body)
     }
 
     /// The value of aux key `key`, if present.

@@ -70,7 +70,9 @@ async fn a_flipped_body_byte_is_reported_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open(dir.path());
     let id = spool.next_id();
-    let stored = spool.put(record(id.clone()), Bytes::from(vec![b'a'; 5000])).await.unwrap();
+    // Larger than the inline limit: the body lives in a segment file.
+    let stored = spool.put(record(id.clone()), Bytes::from(vec![b'a'; 40_000])).await.unwrap();
+    assert_ne!(stored.body.segment, mta_spool::INLINE_SEGMENT);
     let seg = dir.path().join("bodies").join(format!("{:016x}.seg", stored.body.segment));
     let f = OpenOptions::new().write(true).open(&seg).unwrap();
     f.write_all_at(b"Z", stored.body.offset + 1234).unwrap();
@@ -92,4 +94,26 @@ async fn a_flipped_body_byte_is_reported_as_corrupt() {
     let mut none = stored;
     none.body = Default::default();
     assert!(matches!(spool.read_body(&none).await, Err(SpoolError::Corrupt { .. })));
+}
+
+#[tokio::test]
+async fn a_damaged_inline_body_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let id = spool.next_id();
+    let stored = spool.put(record(id.clone()), Bytes::from(vec![b'a'; 500])).await.unwrap();
+    assert_eq!(stored.body.segment, mta_spool::INLINE_SEGMENT, "small bodies are kept inline in the index");
+    assert_eq!(spool.read_body(&stored).await.unwrap().len(), 500);
+    let mut damaged = vec![b'a'; 500];
+    damaged[100] = b'Z';
+    spool.debug_insert_raw("bodies", id.as_str().as_bytes(), &damaged).unwrap();
+    match spool.read_body(&stored).await {
+        Err(SpoolError::Corrupt { key, reason }) => {
+            assert_eq!(key, id.as_str());
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    spool.debug_insert_raw("bodies", id.as_str().as_bytes(), b"short").unwrap();
+    assert!(matches!(spool.read_body(&stored).await, Err(SpoolError::Corrupt { .. })));
 }

@@ -68,12 +68,12 @@ async fn update_keeps_the_body_and_refuses_missing_messages() {
 #[tokio::test]
 async fn remove_deletes_the_record_and_then_the_segment_file() {
     let dir = tempfile::tempdir().unwrap();
-    // 4 KiB segments: 3 KiB bodies rotate on every put.
-    let spool = open_small_segments(dir.path(), 4096);
+    // 24 KiB segments: 20 KB bodies (above the inline limit, so they go to segments) rotate on every put.
+    let spool = open_small_segments(dir.path(), 24 * 1024);
     let mut ids = Vec::new();
     for _ in 0..4 {
         let id = spool.next_id();
-        spool.put(record(id.clone()), Bytes::from(vec![7u8; 3000])).await.unwrap();
+        spool.put(record(id.clone()), Bytes::from(vec![7u8; 20_000])).await.unwrap();
         ids.push(id);
     }
     let before = segment_files(dir.path());
@@ -91,7 +91,7 @@ async fn remove_deletes_the_record_and_then_the_segment_file() {
     // The others are intact.
     for id in &ids[1..] {
         let r = spool.get(id).await.unwrap().unwrap();
-        assert_eq!(spool.read_body(&r).await.unwrap().len(), 3000);
+        assert_eq!(spool.read_body(&r).await.unwrap().len(), 20_000);
     }
     for id in &ids[1..] {
         spool.remove(id).await.unwrap();
@@ -99,7 +99,7 @@ async fn remove_deletes_the_record_and_then_the_segment_file() {
     assert_eq!(spool.len(), 0);
     drop(spool);
     // After a restart only the new active segment is left.
-    let spool = open_small_segments(dir.path(), 4096);
+    let spool = open_small_segments(dir.path(), 24 * 1024);
     assert!(spool.is_empty());
     assert_eq!(segment_files(dir.path()).len(), 1);
 }
