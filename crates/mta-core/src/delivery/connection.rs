@@ -8,7 +8,7 @@ use std::time::Instant;
 use mta_smtp::client::{ClientError, Connection, Envelope, RecipientOutcome};
 use mta_smtp::Reply;
 
-use super::results::{record, Outcome, Outcomes};
+use super::results::{record, record_known, Outcome, Outcomes};
 use super::runtime::Shared;
 use super::scheduler::{State, Work};
 use super::site::SiteKey;
@@ -148,38 +148,31 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
         shared.sched.lock().leave(&w, State::InFlight);
         return Next::Continue;
     };
-    let rec = match shared.spool.get(&id).await {
-        Ok(Some(r)) => r,
+    let (rec, body) = match shared.spool.get_with_body(&id).await {
+        Ok(Some(found)) => found,
         Ok(None) => {
             shared.sched.lock().leave(&w, State::InFlight);
             return Next::Continue;
         }
-        Err(e) => {
-            tracing::error!(%id, error = %e, "cannot read record for delivery");
-            shared.reschedule(w, State::InFlight, now + 60_000);
-            return Next::Continue;
-        }
-    };
-    let rcpts: Vec<String> = rec
-        .recipients
-        .iter()
-        .filter(|r| *r.domain == *domain && !r.state.is_final())
-        .map(|r| r.address.clone())
-        .collect();
-    if rcpts.is_empty() {
-        shared.sched.lock().leave(&w, State::InFlight);
-        return Next::Continue;
-    }
-    let body = match shared.spool.read_body(&rec).await {
-        Ok(b) => b,
-        Err(e) => {
+        Err(mta_spool::SpoolError::Corrupt { key, reason }) => {
             // A corrupt body can never be delivered as accepted; it stays in the spool for an operator.
-            tracing::error!(%id, error = %e, "message body unreadable; left in the spool, not delivered");
+            tracing::error!(%key, %reason, "message unreadable; left in the spool, not delivered");
             metrics::counter!("mta_delivery_unreadable_total").increment(1);
             shared.sched.lock().leave(&w, State::InFlight);
             return Next::Continue;
         }
+        Err(e) => {
+            tracing::error!(%id, error = %e, "cannot read message for delivery");
+            shared.reschedule(w, State::InFlight, now + 60_000);
+            return Next::Continue;
+        }
     };
+    let rcpts: Vec<String> =
+        rec.recipients.iter().filter(|r| *r.domain == *domain && !r.state.is_final()).map(|r| r.address.clone()).collect();
+    if rcpts.is_empty() {
+        shared.sched.lock().leave(&w, State::InFlight);
+        return Next::Continue;
+    }
     let held = shared.hold.read().as_ref().is_some_and(|check| check(&body));
     if held {
         metrics::counter!("mta_delivery_held_total").increment(1);
@@ -256,6 +249,8 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
             site.throttle(Instant::now(), shared.cfg.throttle_for);
         }
     }
-    record(shared, w, State::InFlight, outcomes, Some(mx.to_string())).await;
+    // With a single destination nobody else updates this record meanwhile: the copy read above is current.
+    let known = (rec.schedules.len() == 1).then_some(rec);
+    record_known(shared, w, State::InFlight, outcomes, Some(mx.to_string()), known).await;
     next
 }

@@ -66,6 +66,19 @@ pub(crate) fn finish_without_connection(shared: Arc<Shared>, w: Work, from: Stat
 
 /// Apply `outcomes` to the message of `w`, durably, then update events and queues.
 pub(crate) async fn record(shared: &Arc<Shared>, w: Work, from: State, outcomes: Outcomes, mx: Option<String>) {
+    record_known(shared, w, from, outcomes, mx, None).await
+}
+
+/// [`record`] with the message's current record when the caller holds it (a message with one destination: no
+/// concurrent writer), saving a read.
+pub(crate) async fn record_known(
+    shared: &Arc<Shared>,
+    w: Work,
+    from: State,
+    outcomes: Outcomes,
+    mx: Option<String>,
+    known: Option<MessageRecord>,
+) {
     let (id, domain) = {
         let s = shared.sched.lock();
         (w.msg.to_queue_id(&s.nodes), s.domains.name(w.domain))
@@ -75,7 +88,11 @@ pub(crate) async fn record(shared: &Arc<Shared>, w: Work, from: State, outcomes:
         return;
     };
     let _guard = shared.stripes[w.msg.stripe() % shared.stripes.len()].lock().await;
-    let mut rec = match shared.spool.get(&id).await {
+    let fetched = match known {
+        Some(r) => Ok(Some(r)),
+        None => shared.spool.get(&id).await,
+    };
+    let mut rec = match fetched {
         Ok(Some(r)) => r,
         Ok(None) => {
             shared.sched.lock().leave(&w, from);
