@@ -167,8 +167,12 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
             return Next::Continue;
         }
     };
-    let rcpts: Vec<String> =
-        rec.recipients.iter().filter(|r| *r.domain == *domain && !r.state.is_final()).map(|r| r.address.clone()).collect();
+    let rcpts: Vec<String> = rec
+        .recipients
+        .iter()
+        .filter(|r| *r.domain == *domain && !r.state.is_final())
+        .map(|r| r.address.clone())
+        .collect();
     if rcpts.is_empty() {
         shared.sched.lock().leave(&w, State::InFlight);
         return Next::Continue;
