@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::error::SpoolError;
 use crate::id::QueueId;
-use crate::record::{BodyLocation, INLINE_SEGMENT, RECORD_FORMAT_VERSION};
+use crate::record::{BodyLocation, MessageRecord, INLINE_SEGMENT, RECORD_FORMAT_JSON, RECORD_FORMAT_VERSION};
 use crate::segment::fsync_path;
 use crate::stats::Stats;
 
@@ -198,7 +198,13 @@ impl Index {
 
 /// The body location in an encoded record, if it can be read.
 fn body_of(value: &[u8]) -> Option<BodyLocation> {
-    if value.len() < 5 || value[0] != RECORD_FORMAT_VERSION {
+    if value.len() < 5 {
+        return None;
+    }
+    if value[0] == RECORD_FORMAT_VERSION {
+        return MessageRecord::decode(value).ok().map(|r| r.body);
+    }
+    if value[0] != RECORD_FORMAT_JSON {
         return None;
     }
     let payload = &value[5..];
@@ -290,6 +296,13 @@ mod tests {
         let mut r = MessageRecord::new(g.next_id(), "s@x", &["\"body\":{\"segment\":9}@y".to_string()], 1);
         r.body = BodyLocation { segment: 3, offset: 40, len: 7, crc32: 99 };
         assert_eq!(body_of(&r.encode()), Some(r.body));
+        // A version-1 (JSON) record, as older spools hold.
+        let payload = serde_json::to_vec(&r).unwrap();
+        let mut v1 = vec![RECORD_FORMAT_JSON];
+        v1.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        v1.extend_from_slice(&payload);
+        assert_eq!(body_of(&v1), Some(r.body));
+        assert_eq!(MessageRecord::decode(&v1).unwrap(), r);
         assert_eq!(
             body_of(b"\x01\0\0\0\0{\"body\":{\"segment\":2,\"offset\":1,\"len\":0,\"crc32\":0},\"x\":1}")
                 .map(|b| b.segment),
@@ -297,5 +310,6 @@ mod tests {
         );
         assert_eq!(body_of(b"\x01\0\0\0\0not json"), None);
         assert_eq!(body_of(b"\x02"), None);
+        assert_eq!(body_of(b"\x07\0\0\0\0xx"), None);
     }
 }
