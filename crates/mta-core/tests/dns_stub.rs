@@ -5,22 +5,10 @@ mod dns_support;
 use std::net::SocketAddr;
 
 use dns_support::{config, fixture, resolver};
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
 fn client(stub: SocketAddr) -> TokioResolver {
-    let mut ns = NameServerConfig::udp_and_tcp(stub.ip());
-    for c in ns.connections.iter_mut() {
-        c.port = stub.port();
-    }
-    let mut b = TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(vec![ns]),
-        TokioRuntimeProvider::default(),
-    );
-    b.options_mut().cache_size = 0;
-    b.options_mut().attempts = 0;
-    b.build().unwrap()
+    mta_core::dns::stub_client(stub, std::time::Duration::from_secs(5)).unwrap()
 }
 
 #[tokio::test]

@@ -38,9 +38,6 @@ mod signing;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
 pub use mail_auth::MessageAuthenticator;
 
 pub use error::AuthError;
@@ -84,21 +81,7 @@ impl AuthPolicy {
 /// that), and a per-query timeout of `lookup_timeout` + 1 s so that the pool's own answer
 /// (SERVFAIL after its deadline) arrives before hickory gives up.
 pub fn authenticator(stub: SocketAddr, lookup_timeout: Duration) -> Result<MessageAuthenticator, AuthError> {
-    let mut ns = NameServerConfig::udp_and_tcp(stub.ip());
-    for c in ns.connections.iter_mut() {
-        c.port = stub.port();
-    }
-    let mut b = TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(vec![ns]),
-        TokioRuntimeProvider::default(),
-    );
-    let o = b.options_mut();
-    o.cache_size = 0;
-    o.attempts = 0;
-    o.timeout = lookup_timeout + Duration::from_secs(1);
-    o.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    o.ndots = 0;
-    o.edns0 = true;
-    let r = b.build().map_err(|e| AuthError::Resolver(e.to_string()))?;
-    Ok(MessageAuthenticator(r))
+    crate::dns::stub_client(stub, lookup_timeout + Duration::from_secs(1))
+        .map(MessageAuthenticator)
+        .map_err(|e| AuthError::Resolver(e.to_string()))
 }

@@ -114,6 +114,7 @@ pub use config::*;
 pub use error::{DnsError, TransientKind};
 pub use mx::{MxHost, MxPlan};
 pub use records::{Lookup, MxRecord, Source, TxtRecord};
+pub use stub::stub_client;
 
 use cache::{Answer, Entry};
 use pool::Inner;

@@ -27,6 +27,32 @@ use super::Resolver;
 /// Requests answered at once; beyond, UDP requests are dropped (the client times out).
 const MAX_CONCURRENT: usize = 1024;
 
+/// A hickory resolver that asks only our stub at `stub`: hickory's cache off and no retries of its own (the pool
+/// behind the stub caches and retries), no hosts file or search list, `timeout` per query. mail-auth uses it.
+pub fn stub_client(
+    stub: SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<hickory_resolver::TokioResolver, hickory_resolver::net::NetError> {
+    use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let mut ns = NameServerConfig::udp_and_tcp(stub.ip());
+    for c in ns.connections.iter_mut() {
+        c.port = stub.port();
+    }
+    let mut b = hickory_resolver::TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    );
+    let o = b.options_mut();
+    o.cache_size = 0;
+    o.attempts = 0;
+    o.timeout = timeout;
+    o.use_hosts_file = ResolveHosts::Never;
+    o.ndots = 0;
+    o.edns0 = true;
+    b.build()
+}
+
 /// Bind UDP and TCP on one port. With port 0 the UDP port the kernel picks may be taken for TCP, so try again
 /// with a new port (a fixed port is tried once).
 async fn bind_same_port(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
