@@ -321,25 +321,30 @@ impl Engine {
                 Err(e) => return Err(InjectError::Signing(e.to_string())),
             }
         }
-        let mut record = MessageRecord::new(id.clone(), injection.sender.clone(), &injection.recipients, now_ms());
-        record.tenant = injection.tenant.clone();
-        record.pool = injection.pool.clone();
+        let protocol = match injection.protocol {
+            Protocol::Http { .. } => "http",
+            Protocol::Local => "api",
+            _ => "smtp",
+        };
+        let mut record = MessageRecord::new(id.clone(), injection.sender, &injection.recipients, now_ms());
+        record.tenant = injection.tenant;
+        record.pool = injection.pool;
         record.priority = injection.priority;
         record.source = Source {
-            protocol: match injection.protocol {
-                crate::reception::Protocol::Http { .. } => "http".into(),
-                crate::reception::Protocol::Local => "api".into(),
-                _ => "smtp".into(),
-            },
+            protocol: protocol.into(),
             peer: injection.peer.map(|p| p.to_string()),
-            helo: injection.helo.clone(),
-            auth: injection.auth_user.clone(),
+            helo: injection.helo,
+            auth: injection.auth_user,
         };
-        let mut ops = vec![Op::Put { record: record.clone(), body: data }];
+        let mut ops = vec![Op::Put { record, body: data }];
         ops.extend(extra(&id));
-        spool.commit(ops).await?;
+        // The committer hands back the stored record (with its body location): no copy on the way in.
+        let stored = spool.commit_returning(ops).await?;
+        let Some(record) = stored.into_iter().next() else {
+            return Err(InjectError::Spool(mta_spool::SpoolError::NotFound(id)));
+        };
         self.inner.delivery.enqueue(&record);
-        metrics::counter!("mta_messages_received_total", "protocol" => record.source.protocol.clone()).increment(1);
+        metrics::counter!("mta_messages_received_total", "protocol" => protocol).increment(1);
         metrics::counter!("mta_recipients_received_total").increment(record.recipients.len() as u64);
         let timestamp = now_rfc3339();
         let response = format!("250 2.0.0 Ok: queued as {id}");
@@ -356,7 +361,7 @@ impl Engine {
                 response: response.clone(),
                 mx: None,
                 tenant: record.tenant.clone(),
-                source: Some(record.source.protocol.clone()),
+                source: Some(protocol.to_string()),
                 attempts: None,
             })
             .collect();

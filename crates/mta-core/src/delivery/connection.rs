@@ -184,9 +184,8 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
         shared.reschedule(w, State::InFlight, now + 300_000);
         return Next::Continue;
     }
-    let kib = u32::try_from(body.len() / 1024 + 1)
-        .unwrap_or(u32::MAX)
-        .min(shared.mem_permits.available_permits().max(1) as u32);
+    // Bounded by the total so a message larger than the whole budget waits for all of it instead of forever.
+    let kib = u32::try_from(body.len() / 1024 + 1).unwrap_or(u32::MAX).min(shared.mem_permits_total);
     let _mem = shared.mem_permits.clone().acquire_many_owned(kib).await.ok();
     let needs_8bit = body.iter().any(|b| *b >= 0x80);
     let mut throttle = false;

@@ -87,7 +87,7 @@ pub(crate) async fn record_known(
         shared.sched.lock().leave(&w, from);
         return;
     };
-    let _guard = shared.stripes[w.msg.stripe() % shared.stripes.len()].lock().await;
+    let guard = shared.stripes[w.msg.stripe() % shared.stripes.len()].lock().await;
     let fetched = match known {
         Some(r) => Ok(Some(r)),
         None => shared.spool.get(&id).await,
@@ -209,6 +209,8 @@ pub(crate) async fn record_known(
         shared.reschedule(w, from, now_ms() + 60_000);
         return;
     }
+    // Durable: other domains of this message may record theirs while events go out.
+    drop(guard);
     shared.events.emit(events).await;
     match next_due {
         Some(due) => shared.reschedule(w, from, due),

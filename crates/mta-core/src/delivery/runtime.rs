@@ -29,6 +29,10 @@ const MAX_RESOLVING: usize = 1024;
 /// How often ready and held work is checked against `max_age`.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
+fn mem_kib(cfg: &DeliveryConfig) -> usize {
+    (cfg.max_inflight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -47,6 +51,8 @@ pub(crate) struct Shared {
     wake: Notify,
     pub(crate) conn_permits: Arc<Semaphore>,
     pub(crate) mem_permits: Arc<Semaphore>,
+    /// Total KiB permits of `mem_permits`: one message never asks for more (it would wait forever).
+    pub(crate) mem_permits_total: u32,
     /// Serialises result recording per message (several domains of one message may finish at once).
     pub(crate) stripes: Vec<tokio::sync::Mutex<()>>,
     pub(crate) stopping: AtomicBool,
@@ -88,7 +94,8 @@ impl Delivery {
         };
         let shared = Shared {
             conn_permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
-            mem_permits: Arc::new(Semaphore::new((cfg.max_inflight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS))),
+            mem_permits: Arc::new(Semaphore::new(mem_kib(&cfg))),
+            mem_permits_total: u32::try_from(mem_kib(&cfg)).unwrap_or(u32::MAX),
             cfg,
             spool,
             events,
@@ -449,6 +456,10 @@ fn sweep_expired(shared: &Arc<Shared>) {
 impl Shared {
     /// Queue every undelivered destination of `record` at its stored next-attempt time.
     pub(crate) fn enqueue_record(&self, record: &MessageRecord) {
+        if !self.cfg.enabled {
+            // Spool-only mode: nothing will dispatch, so keep no timers (memory and a lock off the hot path).
+            return;
+        }
         let mut sched = self.sched.lock();
         let s = &mut *sched;
         let msg = CompactId::new(&record.id, &mut s.nodes);
