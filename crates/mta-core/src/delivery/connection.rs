@@ -106,7 +106,7 @@ async fn next_work(shared: &Arc<Shared>, key: &SiteKey) -> Option<Work> {
     let deadline = Instant::now() + shared.cfg.idle_timeout;
     let mut idle = false;
     let work = loop {
-        let (work, rate_wait) = match shared.sites.lock().get_mut(key) {
+        let (work, rate_wait, wake) = match shared.sites.lock().get_mut(key) {
             Some(site) => {
                 let w = site.pop(Instant::now());
                 if w.is_some() && idle {
@@ -116,15 +116,24 @@ async fn next_work(shared: &Arc<Shared>, key: &SiteKey) -> Option<Work> {
                     site.idle += 1;
                     idle = true;
                 }
-                (w, site.rate_wait())
+                (w, site.rate_wait(), Some(site.work_ready.clone()))
             }
-            None => (None, std::time::Duration::ZERO),
+            None => (None, std::time::Duration::ZERO, None),
         };
-        if work.is_some() || shared.stopping.load(Ordering::Acquire) || Instant::now() >= deadline {
+        let now = Instant::now();
+        if work.is_some() || shared.stopping.load(Ordering::Acquire) || now >= deadline {
             break work;
         }
-        tokio::time::sleep(rate_wait.clamp(std::time::Duration::from_millis(5), std::time::Duration::from_millis(50)))
-            .await;
+        let left = deadline - now;
+        match wake {
+            // Rate-limited: the next token is due at a known time.
+            _ if !rate_wait.is_zero() => tokio::time::sleep(rate_wait.min(left)).await,
+            // Otherwise sleep until work is queued (or the idle time is over): no polling.
+            Some(wake) => {
+                let _ = tokio::time::timeout(left, wake.notified()).await;
+            }
+            None => break None,
+        }
     };
     if idle {
         if let Some(site) = shared.sites.lock().get_mut(key) {

@@ -172,6 +172,10 @@ impl Delivery {
     pub async fn shutdown(&self, limit: Duration) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.wake.notify_waiters();
+        // Idle connections wait for work; tell them to finish now.
+        for site in self.shared.sites.lock().values() {
+            site.work_ready.notify_waiters();
+        }
         let deadline = Instant::now() + limit;
         while self.shared.connections.load(Ordering::Acquire) > 0 || self.shared.resolving.load(Ordering::Acquire) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());

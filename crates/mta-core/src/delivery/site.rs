@@ -57,6 +57,8 @@ pub struct Site {
     pub active: usize,
     /// Of those, connections idle and waiting for work (kept open for reuse).
     pub idle: usize,
+    /// Wakes an idle connection when work is queued (a stored permit if none waits, so no wake-up is lost).
+    pub work_ready: std::sync::Arc<tokio::sync::Notify>,
     /// Configured limits.
     pub limits: SiteLimits,
     throttled: Option<(usize, Instant)>,
@@ -77,6 +79,7 @@ impl Site {
             bulk: VecDeque::new(),
             active: 0,
             idle: 0,
+            work_ready: std::sync::Arc::new(tokio::sync::Notify::new()),
             limits,
             throttled: None,
             consecutive_failures: 0,
@@ -92,6 +95,7 @@ impl Site {
             Priority::Transactional => self.transactional.push_back(w),
             Priority::Bulk => self.bulk.push_back(w),
         }
+        self.work_ready.notify_one();
     }
 
     /// Work waiting.
