@@ -105,6 +105,15 @@ impl Shared {
     }
 }
 
+/// A message read for delivery by [`Spool::get_many_with_body`].
+#[derive(Debug)]
+pub struct Fetched {
+    /// The stored record.
+    pub record: MessageRecord,
+    /// The verified message bytes, unless left out to keep the batch within its memory budget.
+    pub body: Option<Bytes>,
+}
+
 /// A durable message spool. Cheap to clone; every clone is the same spool.
 ///
 /// Writes go through one committer thread that makes many of them durable with one fsync (group commit); an
@@ -306,6 +315,45 @@ impl Spool {
         })
         .await
         .map_err(join_error)?
+    }
+
+    /// Several messages' records and bytes in one blocking call, in the order of `ids` (a delivery connection
+    /// prefetches a few at a time: one trip to the blocking pool for all of them).
+    ///
+    /// Bodies are read while their total stays within `body_budget` bytes (the first one always), so a batch of
+    /// large messages does not pull them all into memory ahead of sending; the others come back as `None` and
+    /// are read when needed with [`Spool::read_body`].
+    pub async fn get_many_with_body(
+        &self,
+        ids: Vec<QueueId>,
+        body_budget: u64,
+    ) -> Vec<Result<Option<Fetched>, SpoolError>> {
+        let this = self.clone();
+        let n = ids.len();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut used = 0u64;
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let Some(record) = this.get_blocking(id)? else { return Ok(None) };
+                    let body = if i == 0 || used + record.body.len <= body_budget {
+                        used += record.body.len;
+                        Some(this.shared().read_body(&record.id, &record.body)?)
+                    } else {
+                        None
+                    };
+                    Ok(Some(Fetched { record, body }))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match joined {
+            Ok(v) => v,
+            Err(e) => {
+                let e = join_error(e);
+                (0..n).map(|_| Err(e.clone())).collect()
+            }
+        }
     }
 
     /// The value of aux key `key`, if present.

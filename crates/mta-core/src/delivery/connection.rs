@@ -1,12 +1,14 @@
 //! One outbound connection: connect with MX failover, then carry messages from the site's ready queue until
 //! the queue is empty, the per-connection limit is reached, the peer fails, or we are stopping.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use mta_smtp::client::{ClientError, Connection, Envelope, RecipientOutcome};
 use mta_smtp::Reply;
+use mta_spool::Fetched;
 
 use super::results::{record, record_known, Outcome, Outcomes};
 use super::runtime::Shared;
@@ -60,6 +62,44 @@ async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, Str
     Err(last)
 }
 
+/// Messages a connection reads from the spool in one blocking call (prefetch while it sends).
+const PREFETCH: usize = 8;
+/// Bodies prefetched per batch beyond the first, in bytes (large messages are read one at a time).
+const PREFETCH_BODY_BYTES: u64 = 256 * 1024;
+/// Results a connection may have in the spool's commit queue while it carries the next messages.
+const MAX_RECORDING: usize = 32;
+
+/// A message taken for this connection, with what the spool returned for it.
+type Taken = (Work, Result<Option<Fetched>, mta_spool::SpoolError>);
+
+/// Results being made durable in the background while the connection carries the next message, so a
+/// connection's rate is not one commit round per message. The connection waits for all of them before it
+/// counts as closed (graceful stop relies on that: every received 250 is recorded before exit).
+#[derive(Default)]
+struct Recording {
+    tasks: VecDeque<tokio::task::JoinHandle<()>>,
+}
+
+impl Recording {
+    async fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        while self.tasks.front().is_some_and(|t| t.is_finished()) {
+            self.tasks.pop_front();
+        }
+        if self.tasks.len() >= MAX_RECORDING {
+            if let Some(oldest) = self.tasks.pop_front() {
+                let _ = oldest.await;
+            }
+        }
+        self.tasks.push_back(task);
+    }
+
+    async fn finish(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// Run one connection for the site `key`.
 pub(crate) async fn run(shared: &Arc<Shared>, key: &SiteKey) {
     let (mut conn, mx) = match connect(shared, key).await {
@@ -88,16 +128,92 @@ pub(crate) async fn run(shared: &Arc<Shared>, key: &SiteKey) {
     };
     let limit = shared.sites.lock().get(key).map(|s| s.limits.messages_per_connection).unwrap_or(1);
     let mut sent = 0usize;
+    let mut taken: VecDeque<Taken> = VecDeque::new();
+    let mut recording = Recording::default();
+    let mut next = Next::Continue;
     while sent < limit && !shared.stopping.load(Ordering::Acquire) {
-        let Some(w) = next_work(shared, key).await else { break };
-        shared.sched.lock().transition(&w, State::Ready, State::InFlight);
+        if taken.is_empty() {
+            let batch = next_batch(shared, key, (limit - sent).min(PREFETCH)).await;
+            if batch.is_empty() {
+                break;
+            }
+            fetch(shared, batch, &mut taken).await;
+        }
+        let Some((w, fetched)) = taken.pop_front() else { continue };
         sent += 1;
-        match deliver_one(shared, key, &mut conn, &mx, w).await {
-            Next::Continue => {}
-            Next::Close => return,
+        next = deliver_one(shared, key, &mut conn, &mx, w, fetched, &mut recording).await;
+        if matches!(next, Next::Close) {
+            break;
         }
     }
-    conn.quit().await;
+    give_back(shared, key, taken);
+    if matches!(next, Next::Continue) {
+        conn.quit().await;
+    } else {
+        drop(conn);
+    }
+    recording.finish().await;
+}
+
+/// Take up to `max` messages: wait for the first, then as many more as are queued, within this connection's
+/// fair share of the queue (so the site's other connections are not starved).
+async fn next_batch(shared: &Arc<Shared>, key: &SiteKey, max: usize) -> Vec<Work> {
+    let Some(first) = next_work(shared, key).await else { return Vec::new() };
+    let mut batch = vec![first];
+    if max > 1 {
+        let mut sites = shared.sites.lock();
+        if let Some(site) = sites.get_mut(key) {
+            let share = site.len() / site.active.max(1);
+            let now = Instant::now();
+            for _ in 0..share.min(max - 1) {
+                match site.pop(now) {
+                    Some(w) => batch.push(w),
+                    None => break,
+                }
+            }
+        }
+    }
+    batch
+}
+
+/// Mark `batch` in flight and read its records and bodies in one trip to the spool.
+async fn fetch(shared: &Arc<Shared>, batch: Vec<Work>, taken: &mut VecDeque<Taken>) {
+    let mut works = Vec::with_capacity(batch.len());
+    let mut ids = Vec::with_capacity(batch.len());
+    {
+        let mut s = shared.sched.lock();
+        for w in batch {
+            s.transition(&w, State::Ready, State::InFlight);
+            match w.msg.to_queue_id(&s.nodes) {
+                Some(id) => {
+                    works.push(w);
+                    ids.push(id);
+                }
+                None => s.leave(&w, State::InFlight),
+            }
+        }
+    }
+    let reads = shared.spool.get_many_with_body(ids, PREFETCH_BODY_BYTES).await;
+    taken.extend(works.into_iter().zip(reads));
+}
+
+/// Return prefetched messages the connection did not send to the site's ready queue.
+fn give_back(shared: &Arc<Shared>, key: &SiteKey, taken: VecDeque<Taken>) {
+    if taken.is_empty() {
+        return;
+    }
+    let mut sched = shared.sched.lock();
+    let mut sites = shared.sites.lock();
+    for (w, _) in taken {
+        match sites.get_mut(key) {
+            Some(site) => {
+                sched.transition(&w, State::InFlight, State::Ready);
+                site.push(w);
+            }
+            // The site is only removed once it has no connection; keep the work on the timer regardless.
+            None => sched.reschedule(w, State::InFlight, super::runtime::now_ms()),
+        }
+    }
 }
 
 /// The next work for this connection: at once if queued, else wait up to the idle time for more (so a trickle
@@ -143,38 +259,32 @@ async fn next_work(shared: &Arc<Shared>, key: &SiteKey) -> Option<Work> {
     work
 }
 
-async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection, mx: &str, w: Work) -> Next {
-    let (id, domain) = {
-        let s = shared.sched.lock();
-        (w.msg.to_queue_id(&s.nodes), s.domains.name(w.domain))
-    };
+async fn deliver_one(
+    shared: &Arc<Shared>,
+    key: &SiteKey,
+    conn: &mut Connection,
+    mx: &str,
+    w: Work,
+    fetched: Result<Option<Fetched>, mta_spool::SpoolError>,
+    recording: &mut Recording,
+) -> Next {
+    let domain = shared.sched.lock().domains.name(w.domain);
     let now = super::runtime::now_ms();
     if now.saturating_sub(w.received_ms) >= shared.cfg.max_age.as_millis() as u64 {
         super::results::expire(shared.clone(), w, State::InFlight);
         return Next::Continue;
     }
-    let Some(id) = id else {
-        shared.sched.lock().leave(&w, State::InFlight);
-        return Next::Continue;
-    };
-    let (rec, body) = match shared.spool.get_with_body(&id).await {
-        Ok(Some(found)) => found,
+    let (rec, body) = match fetched {
+        Ok(Some(Fetched { record, body: Some(body) })) => (record, body),
+        Ok(Some(Fetched { record, body: None })) => match shared.spool.read_body(&record).await {
+            Ok(body) => (record, body),
+            Err(e) => return unreadable(shared, w, e, now),
+        },
         Ok(None) => {
             shared.sched.lock().leave(&w, State::InFlight);
             return Next::Continue;
         }
-        Err(mta_spool::SpoolError::Corrupt { key, reason }) => {
-            // A corrupt body can never be delivered as accepted; it stays in the spool for an operator.
-            tracing::error!(%key, %reason, "message unreadable; left in the spool, not delivered");
-            metrics::counter!("mta_delivery_unreadable_total").increment(1);
-            shared.sched.lock().leave(&w, State::InFlight);
-            return Next::Continue;
-        }
-        Err(e) => {
-            tracing::error!(%id, error = %e, "cannot read message for delivery");
-            shared.reschedule(w, State::InFlight, now + 60_000);
-            return Next::Continue;
-        }
+        Err(e) => return unreadable(shared, w, e, now),
     };
     let rcpts: Vec<String> = rec
         .recipients
@@ -189,7 +299,7 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
     let held = shared.hold.read().as_ref().is_some_and(|check| check(&body));
     if held {
         metrics::counter!("mta_delivery_held_total").increment(1);
-        tracing::info!(%id, "message held (sender pre-flight mismatch); re-checked in 5 minutes");
+        tracing::info!(id = %rec.id, "message held (sender pre-flight mismatch); re-checked in 5 minutes");
         shared.reschedule(w, State::InFlight, now + 300_000);
         return Next::Continue;
     }
@@ -263,6 +373,28 @@ async fn deliver_one(shared: &Arc<Shared>, key: &SiteKey, conn: &mut Connection,
     }
     // With a single destination nobody else updates this record meanwhile: the copy read above is current.
     let known = (rec.schedules.len() == 1).then_some(rec);
-    record_known(shared, w, State::InFlight, outcomes, Some(mx.to_string()), known).await;
+    let (shared, mx) = (shared.clone(), mx.to_string());
+    let task = tokio::spawn(async move {
+        record_known(&shared, w, State::InFlight, outcomes, Some(mx), known).await;
+    });
+    recording.push(task).await;
     next
+}
+
+/// A message that could not be read: a corrupt one stays in the spool for an operator (it can never be
+/// delivered as accepted); on other errors the attempt is retried later.
+fn unreadable(shared: &Arc<Shared>, w: Work, e: mta_spool::SpoolError, now: u64) -> Next {
+    match e {
+        mta_spool::SpoolError::Corrupt { key, reason } => {
+            tracing::error!(%key, %reason, "message unreadable; left in the spool, not delivered");
+            metrics::counter!("mta_delivery_unreadable_total").increment(1);
+            shared.sched.lock().leave(&w, State::InFlight);
+        }
+        e => {
+            let id = w.msg.to_queue_id(&shared.sched.lock().nodes).map(|id| id.to_string()).unwrap_or_default();
+            tracing::error!(%id, error = %e, "cannot read message for delivery");
+            shared.reschedule(w, State::InFlight, now + 60_000);
+        }
+    }
+    Next::Continue
 }
