@@ -196,6 +196,8 @@ impl Engine {
                 messages += 1;
                 scan_delivery.enqueue(&record);
             })?;
+            // The walk left sled holding the decoded index in memory; start serving with a cold cache instead.
+            scan_spool.release_scan_memory()?;
             Ok(RecoveryReport { messages, quarantined: scan.quarantined })
         })
         .await

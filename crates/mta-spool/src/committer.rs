@@ -421,7 +421,7 @@ impl Committer {
         if let Some(s) = slots.get(key).or_else(|| plan.slots.get(key)) {
             return Ok(*s);
         }
-        let stored = self.shared.index.records.get(key).map_err(|e| SpoolError::sled("read record", e))?;
+        let stored = self.shared.index()?.records.get(key).map_err(|e| SpoolError::sled("read record", e))?;
         Ok(match stored {
             None => Slot::Absent,
             Some(v) => match MessageRecord::decode(&v) {
@@ -505,7 +505,7 @@ impl Committer {
                 Write::AuxRemove { key } => aux_ops.push((key.as_slice(), None)),
             }
         }
-        let index = &shared.index;
+        let index = shared.index()?;
         let tx: Result<(), TransactionError<()>> =
             (&index.records, &index.aux, &index.bodies).transaction(|(records, aux, bodies)| {
                 // One transaction: a record is never durable without the inline bytes it points at.

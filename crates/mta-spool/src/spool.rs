@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
@@ -87,7 +87,11 @@ pub struct ScanReport {
 
 /// State shared by the handles, the committer thread and blocking readers.
 pub(crate) struct Shared {
-    pub(crate) index: Index,
+    /// The sled index; `None` only while [`Spool::release_scan_memory`] reopens it (or if that failed).
+    index: RwLock<Option<Index>>,
+    /// Where the index lives and its cache cap (to reopen it).
+    index_dir: PathBuf,
+    cache_bytes: u64,
     pub(crate) segments: Segments,
     pub(crate) stats: Arc<Stats>,
     /// Fault injection: the committer sleeps this long (µs) before each round; 0 = off.
@@ -95,10 +99,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The index, for the duration of the guard. Recursive read locks: a reader never waits behind the one
+    /// writer (the reopen at start-up), so nested reads cannot deadlock.
+    pub(crate) fn index(&self) -> Result<MappedRwLockReadGuard<'_, Index>, SpoolError> {
+        RwLockReadGuard::try_map(self.index.read_recursive(), Option::as_ref)
+            .map_err(|_| SpoolError::Poisoned("the index could not be reopened; restart the process".into()))
+    }
+
     /// The verified bytes of message `id`: inline in the index or in a body segment.
     pub(crate) fn read_body(&self, id: &QueueId, loc: &BodyLocation) -> Result<Bytes, SpoolError> {
         if loc.segment == INLINE_SEGMENT {
-            self.index.read_inline(id, loc)
+            self.index()?.read_inline(id, loc)
         } else {
             self.segments.read(id, loc)
         }
@@ -166,7 +177,8 @@ impl Spool {
         std::fs::create_dir_all(&path).map_err(|e| SpoolError::io(format!("create {}", path.display()), e))?;
         let lock = lock_spool(&path)?;
         let stats = Arc::new(Stats::default());
-        let index = Index::open(&path.join("index"), config.sled_cache_bytes, stats.clone())?;
+        let index_dir = path.join("index");
+        let index = Index::open(&index_dir, config.sled_cache_bytes, stats.clone())?;
         let survey = index.survey()?;
         let (segments, existing) = Segments::open(path.join("bodies"), config.segment_size, stats.clone())?;
 
@@ -199,7 +211,14 @@ impl Spool {
         stats.set_records(survey.records as i64);
         tracing::info!(path = %path.display(), records = survey.records, active_segment = active, "spool opened");
 
-        let shared = Arc::new(Shared { index, segments, stats, flush_delay_us: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            index: RwLock::new(Some(index)),
+            index_dir,
+            cache_bytes: config.sled_cache_bytes,
+            segments,
+            stats,
+            flush_delay_us: AtomicU64::new(0),
+        });
         let (tx, rx) = mpsc::channel(config.channel_capacity);
         let committer = Committer::new(shared.clone(), writer, rx, config.max_round_ops, config.max_round_bytes)
             .with_commit_delay(config.commit_delay);
@@ -281,7 +300,7 @@ impl Spool {
 
     /// [`Spool::get`] for threads that may block (CLI tools, recovery).
     pub fn get_blocking(&self, id: &QueueId) -> Result<Option<MessageRecord>, SpoolError> {
-        let stored = self.shared().index.records.get(id.as_str()).map_err(|e| SpoolError::sled("read record", e))?;
+        let stored = self.shared().index()?.records.get(id.as_str()).map_err(|e| SpoolError::sled("read record", e))?;
         match stored {
             None => Ok(None),
             Some(v) => MessageRecord::decode(&v)
@@ -365,14 +384,14 @@ impl Spool {
 
     /// [`Spool::aux_get`] for threads that may block.
     pub fn aux_get_blocking(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
-        let v = self.shared().index.aux.get(key).map_err(|e| SpoolError::sled("read aux key", e))?;
+        let v = self.shared().index()?.aux.get(key).map_err(|e| SpoolError::sled("read aux key", e))?;
         Ok(v.map(|v| v.to_vec()))
     }
 
     /// Every aux entry whose key starts with `prefix`, in key order (blocking).
     pub fn aux_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<AuxEntry>, SpoolError> {
         self.shared()
-            .index
+            .index()?
             .aux
             .scan_prefix(prefix)
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| SpoolError::sled("scan aux keys", e)))
@@ -386,7 +405,8 @@ impl Spool {
     /// logged with its key, moved durably to the quarantine tree and listed in the report; the other records are
     /// still handed over. Records are streamed, never collected.
     pub fn scan(&self, mut f: impl FnMut(MessageRecord)) -> Result<ScanReport, SpoolError> {
-        let index = &self.shared().index;
+        let guard = self.shared().index()?;
+        let index = &*guard;
         let mut report = ScanReport::default();
         let mut bad: Vec<(sled::IVec, sled::IVec, String)> = Vec::new();
         // One thread walks sled (page faults, node decoding) while this one decodes records and calls `f`:
@@ -451,7 +471,7 @@ impl Spool {
 
     /// Move `key` from records to quarantine if it still holds `value`; true if moved.
     fn quarantine(&self, key: &[u8], value: &[u8], reason: &str) -> Result<bool, SpoolError> {
-        let index = &self.shared().index;
+        let index = self.shared().index()?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let entry = serde_json::json!({
             "reason": reason,
@@ -479,7 +499,7 @@ impl Spool {
     /// The quarantined entries: (printable key, reason).
     pub fn quarantined(&self) -> Result<Vec<(String, String)>, SpoolError> {
         self.shared()
-            .index
+            .index()?
             .quarantine
             .iter()
             .map(|item| {
@@ -501,6 +521,27 @@ impl Spool {
     /// True when the spool holds no message.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Reopen the index so that the tree nodes a full walk decoded are freed (blocking; call it once, after the
+    /// start-up [`Spool::scan`]).
+    ///
+    /// sled 0.34 keeps every node it deserialised resident, beyond its `cache_capacity`, so after the recovery
+    /// walk a large spool would hold most of its index in memory for the life of the process. Writes and reads
+    /// wait while it runs; everything is flushed durably first, so nothing is lost if the reopen fails (the
+    /// spool then refuses work until restarted).
+    pub fn release_scan_memory(&self) -> Result<(), SpoolError> {
+        let shared = self.shared();
+        let mut slot = shared.index.write();
+        if let Some(old) = slot.take() {
+            if let Err(e) = old.flush_durable() {
+                *slot = Some(old);
+                return Err(e);
+            }
+            drop(old);
+        }
+        *slot = Some(Index::open(&shared.index_dir, shared.cache_bytes, shared.stats.clone())?);
+        Ok(())
     }
 
     /// A snapshot of the counters (fsyncs, rounds, recent commit latencies) for the health monitor.
@@ -532,7 +573,7 @@ impl Spool {
     /// check. Only for tests that need corrupt data on disk.
     #[doc(hidden)]
     pub fn debug_insert_raw(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), SpoolError> {
-        self.shared().index.insert_raw(tree, key, value)
+        self.shared().index()?.insert_raw(tree, key, value)
     }
 
     /// Live count of a body segment as the spool tracks it. Only for tests.

@@ -175,3 +175,71 @@ async fn close_finishes_queued_writes_then_refuses() {
     assert!(matches!(err, SpoolError::Closed));
     assert!(spool.get(&id).await.unwrap().is_some(), "reads still work after close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_reopened_after_the_recovery_scan_keeps_serving_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let id = spool.next_id();
+        spool.put(record(id.clone()), Bytes::from(format!("body {i}"))).await.unwrap();
+        ids.push(id);
+    }
+    let scanner = spool.clone();
+    let report = tokio::task::spawn_blocking(move || scanner.scan(|_| {})).await.unwrap().unwrap();
+    assert_eq!(report.records, 50);
+
+    // Writers keep committing while the index is reopened: they wait for it, none fails.
+    let writer = spool.clone();
+    let writes = tokio::spawn(async move {
+        let mut more = Vec::new();
+        for i in 0..50 {
+            let id = writer.next_id();
+            writer.put(record(id.clone()), Bytes::from(format!("later {i}"))).await.unwrap();
+            more.push(id);
+        }
+        more
+    });
+    let reopener = spool.clone();
+    tokio::task::spawn_blocking(move || reopener.release_scan_memory()).await.unwrap().unwrap();
+    let more = writes.await.unwrap();
+
+    let got = spool.get(&ids[7]).await.unwrap().unwrap();
+    assert_eq!(spool.read_body(&got).await.unwrap(), Bytes::from_static(b"body 7"));
+    spool.remove(&ids[0]).await.unwrap();
+    assert_eq!(spool.len(), 99);
+    drop(spool);
+
+    let spool = open(dir.path());
+    assert_eq!(spool.len(), 99);
+    assert!(spool.get_blocking(&ids[0]).unwrap().is_none());
+    let got = spool.get_blocking(&more[49]).unwrap().unwrap();
+    assert_eq!(spool.read_body_blocking(&got).unwrap(), Bytes::from_static(b"later 49"));
+}
+
+#[tokio::test]
+async fn batch_read_returns_records_in_order_and_bodies_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = spool.next_id();
+        spool.put(record(id.clone()), Bytes::from(vec![b'a' + i; 100])).await.unwrap();
+        ids.push(id);
+    }
+    let gone = spool.next_id();
+    let mut asked = ids.clone();
+    asked.insert(2, gone);
+    // Budget for two bodies: the first always comes, then while the total stays within 200 bytes.
+    let got = spool.get_many_with_body(asked, 200).await;
+    assert_eq!(got.len(), 5);
+    let fetched: Vec<_> = got.into_iter().map(|r| r.unwrap()).collect();
+    assert!(fetched[2].is_none(), "a missing message is None, in its place");
+    let present: Vec<_> = fetched.into_iter().flatten().collect();
+    assert_eq!(present.iter().map(|f| f.record.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(present[0].body.as_deref(), Some(&[b'a'; 100][..]));
+    assert_eq!(present[1].body.as_deref(), Some(&[b'b'; 100][..]));
+    assert!(present[2].body.is_none() && present[3].body.is_none(), "beyond the budget: read later");
+    assert_eq!(spool.read_body(&present[3].record).await.unwrap(), Bytes::from(vec![b'd'; 100]));
+}
