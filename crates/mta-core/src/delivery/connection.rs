@@ -64,8 +64,9 @@ async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, Str
 
 /// Messages a connection reads from the spool in one blocking call (prefetch while it sends).
 const PREFETCH: usize = 8;
-/// Bodies prefetched per batch beyond the first, in bytes (large messages are read one at a time).
-const PREFETCH_BODY_BYTES: u64 = 256 * 1024;
+/// Bodies prefetched per batch beyond the first, in bytes: what a connection may hold ahead of sending, outside
+/// the in-flight memory budget (which covers the message on the wire), so large messages are read one at a time.
+const PREFETCH_BODY_BYTES: u64 = 64 * 1024;
 /// Results a connection may have in the spool's commit queue while it carries the next messages.
 const MAX_RECORDING: usize = 32;
 
