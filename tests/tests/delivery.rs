@@ -326,3 +326,36 @@ async fn suspend_holds_resume_releases_and_max_age_applies_while_suspended() {
     assert_eq!(held.messages().len(), 1, "nothing sent while suspended");
     assert!(sender_mx.wait_for_messages(1, Duration::from_secs(10)).await, "expiry DSN");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_read_ahead_by_a_connection_that_fails_are_given_back_and_delivered_once() {
+    let port = sink_port();
+    let zone = TestZone::new("test")
+        .mail_domain("deep.test", &[(10, "mx.deep.test", ip("127.0.0.2"))])
+        .mail_domain("sender.test", &[(10, "mx.sender.test", ip("127.0.0.3"))]);
+    let deep = sink("127.0.0.2", port, SinkConfig::default()).await;
+    // The fourth message ends the session with 421: the connection had read several more ahead of it.
+    deep.set_data_rule(|n| (n == 3).then(|| "421 4.3.2 service shutting down".to_string()));
+    let env = start(zone, port, "connections_per_domain = 1\nmessages_per_connection = 100\n").await;
+    let http = env.server.http;
+    // Let a deep ready queue build up while the domain is held, then release it all at once.
+    tokio::task::block_in_place(|| mta_tests::http_request(http, "POST", "/api/v1/queue/deep.test/suspend", &[], b""));
+    let rcpts: Vec<String> = (0..40).map(|i| format!("u{i}@deep.test")).collect();
+    for r in &rcpts {
+        send(&env.server, "a@sender.test", &[r], &body("deep"));
+    }
+    tokio::task::block_in_place(|| mta_tests::http_request(http, "POST", "/api/v1/queue/deep.test/resume", &[], b""));
+    let events = wait_events(&env.server, Duration::from_secs(30), |e| {
+        e.iter().filter(|x| x["type"] == "delivery").count() >= 40
+    })
+    .await;
+    assert_eq!(events.iter().filter(|x| x["type"] == "delivery").count(), 40, "every message delivered");
+    let transient: Vec<_> = events.iter().filter(|x| x["type"] == "transient_failure").collect();
+    assert_eq!(transient.len(), 1, "only the refused message is retried: {transient:#?}");
+    let mut received: Vec<String> = deep.messages().into_iter().flat_map(|m| m.recipients).collect();
+    received.sort();
+    let mut want = rcpts.clone();
+    want.sort();
+    assert_eq!(received, want, "each recipient exactly once");
+    assert!(deep.connections() >= 2, "the 421 closed the first connection");
+}

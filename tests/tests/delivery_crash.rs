@@ -106,9 +106,11 @@ async fn kill9_during_delivery_loses_nothing() {
                 delivered_before,
                 duplicates
             );
-            // A duplicate is only possible for deliveries in flight at the kill (at most one message per
-            // connection, 4 connections per site, 3 recipients each).
-            assert!(duplicates <= 5 * 4 * 3, "too many duplicates: {duplicates}");
+            // A duplicate is only possible for a 250 not yet durably recorded at the kill: the message on the
+            // wire and results waiting for their commit round. With the sink's 10 ms per reply a message takes
+            // tens of ms on the wire and a commit round a few, so at most about one result per connection waits:
+            // 2-3 per connection, 4 connections per site, 5 sites (one recipient per domain of each message).
+            assert!(duplicates <= 3 * 4 * 5, "too many duplicates: {duplicates}");
             break;
         }
         assert!(

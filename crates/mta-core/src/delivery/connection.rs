@@ -67,7 +67,9 @@ const PREFETCH: usize = 8;
 /// Bodies prefetched per batch beyond the first, in bytes: what a connection may hold ahead of sending, outside
 /// the in-flight memory budget (which covers the message on the wire), so large messages are read one at a time.
 const PREFETCH_BODY_BYTES: u64 = 64 * 1024;
-/// Results a connection may have in the spool's commit queue while it carries the next messages.
+/// Results a connection may have in the spool's commit queue while it carries the next messages. In practice
+/// a connection is at most a few results ahead (one commit round takes milliseconds); the cap bounds memory and,
+/// after a crash, how many received-but-unrecorded 250s a connection can leave to be delivered again.
 const MAX_RECORDING: usize = 32;
 
 /// A message taken for this connection, with what the spool returned for it.
