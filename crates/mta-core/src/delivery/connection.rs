@@ -200,22 +200,33 @@ async fn fetch(shared: &Arc<Shared>, batch: Vec<Work>, taken: &mut VecDeque<Take
     taken.extend(works.into_iter().zip(reads));
 }
 
-/// Return prefetched messages the connection did not send to the site's ready queue.
+/// Return prefetched messages the connection did not send to the front of the site's ready queue, in order.
 fn give_back(shared: &Arc<Shared>, key: &SiteKey, taken: VecDeque<Taken>) {
     if taken.is_empty() {
         return;
     }
-    let mut sched = shared.sched.lock();
-    let mut sites = shared.sites.lock();
-    for (w, _) in taken {
+    // One lock at a time (no lock-order to keep in mind): the site queue first, the timer for any leftover.
+    let orphaned: Vec<Work> = {
+        let mut sites = shared.sites.lock();
         match sites.get_mut(key) {
             Some(site) => {
-                sched.transition(&w, State::InFlight, State::Ready);
-                site.push(w);
+                for (w, _) in taken.iter().rev() {
+                    site.push_front(*w);
+                }
+                Vec::new()
             }
             // The site is only removed once it has no connection; keep the work on the timer regardless.
-            None => sched.reschedule(w, State::InFlight, super::runtime::now_ms()),
+            None => taken.iter().map(|(w, _)| *w).collect(),
         }
+    };
+    {
+        let mut sched = shared.sched.lock();
+        for (w, _) in &taken {
+            sched.transition(w, State::InFlight, State::Ready);
+        }
+    }
+    for w in orphaned {
+        shared.reschedule(w, State::Ready, super::runtime::now_ms());
     }
 }
 

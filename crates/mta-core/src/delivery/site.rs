@@ -98,6 +98,15 @@ impl Site {
         self.work_ready.notify_one();
     }
 
+    /// Put back work a connection took but did not send: ahead of the rest, where it was.
+    pub fn push_front(&mut self, w: Work) {
+        match w.priority {
+            Priority::Transactional => self.transactional.push_front(w),
+            Priority::Bulk => self.bulk.push_front(w),
+        }
+        self.work_ready.notify_one();
+    }
+
     /// Work waiting.
     pub fn len(&self) -> usize {
         self.transactional.len() + self.bulk.len()
@@ -227,6 +236,19 @@ mod tests {
         let now = Instant::now();
         assert_eq!(s.pop(now), Some(t));
         assert_eq!(s.pop(now), Some(b));
+    }
+
+    #[test]
+    fn work_put_back_goes_first_in_its_priority() {
+        let mut s = site(2, None);
+        let (a, b, c) = (work(Priority::Bulk), work(Priority::Bulk), work(Priority::Transactional));
+        s.push(a);
+        s.push_front(b);
+        s.push(c);
+        let now = Instant::now();
+        assert_eq!(s.pop(now), Some(c));
+        assert_eq!(s.pop(now), Some(b));
+        assert_eq!(s.pop(now), Some(a));
     }
 
     #[test]
