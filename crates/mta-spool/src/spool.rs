@@ -322,20 +322,6 @@ impl Spool {
         self.shared().read_body(&record.id, &record.body)
     }
 
-    /// A message's record and verified bytes in one blocking call (the delivery path needs both; one trip to the
-    /// blocking pool instead of two).
-    pub async fn get_with_body(&self, id: &QueueId) -> Result<Option<(MessageRecord, Bytes)>, SpoolError> {
-        let this = self.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || {
-            let Some(record) = this.get_blocking(&id)? else { return Ok(None) };
-            let body = this.shared().read_body(&record.id, &record.body)?;
-            Ok(Some((record, body)))
-        })
-        .await
-        .map_err(join_error)?
-    }
-
     /// Several messages' records and bytes in one blocking call, in the order of `ids` (a delivery connection
     /// prefetches a few at a time: one trip to the blocking pool for all of them).
     ///
