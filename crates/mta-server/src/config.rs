@@ -139,10 +139,17 @@ pub struct SmtpSection {
     pub max_connections: usize,
     /// Concurrent SMTP connections per client IP.
     pub max_connections_per_ip: usize,
-    /// Wait for a command (RFC 5321 §4.5.3.2).
+    /// A whole command line must arrive within this (RFC 5321 §4.5.3.2), however slowly its bytes trickle.
     pub timeout_command: HumanDuration,
     /// Wait for each DATA block.
     pub timeout_data: HumanDuration,
+    /// Message content must come at least this fast (octets per second, after `data_rate_grace`); 0 = off
+    /// (added key).
+    pub min_data_rate: u64,
+    /// Time before `min_data_rate` counts (added key).
+    pub data_rate_grace: HumanDuration,
+    /// Peers allowed to send a PROXY header on `proxy_protocol` listeners (`http.trusted_proxies` counts too).
+    pub trusted_proxies: Vec<IpNet>,
     /// More `Received:` headers than this is a loop: `554 5.4.6`.
     pub max_hops: usize,
     /// Clients allowed to relay without AUTH.
@@ -170,6 +177,9 @@ impl Default for SmtpSection {
             max_connections_per_ip: 100,
             timeout_command: HumanDuration::secs(300),
             timeout_data: HumanDuration::secs(600),
+            min_data_rate: mta_smtp::server::config::DEFAULT_MIN_DATA_RATE,
+            data_rate_grace: HumanDuration::secs(mta_smtp::server::config::DEFAULT_DATA_RATE_GRACE.as_secs()),
+            trusted_proxies: Vec::new(),
             max_hops: 50,
             relay_networks: vec!["127.0.0.0/8".parse().unwrap_or_default(), "::1/128".parse().unwrap_or_default()],
             relay_domains: Vec::new(),

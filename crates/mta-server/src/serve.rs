@@ -99,6 +99,8 @@ fn session_config(config: &Config) -> anyhow::Result<SessionConfig> {
         max_hops: config.smtp.max_hops,
         timeout_command: config.smtp.timeout_command.get(),
         timeout_data: config.smtp.timeout_data.get(),
+        min_data_rate: config.smtp.min_data_rate,
+        data_rate_grace: config.smtp.data_rate_grace.get(),
         allow_plaintext_auth: config.smtp.allow_plaintext_auth,
         tls,
         ..SessionConfig::default()
@@ -183,14 +185,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (addr, mode, proxy) in listeners {
         let listener = bind(addr, "SMTP").await?;
         tracing::info!(%addr, ?mode, proxy_protocol = proxy, "SMTP listening");
-        let fut = mta_smtp::serve(
-            listener,
-            ListenerOptions { mode, proxy_protocol: proxy },
-            session.clone(),
-            handler.clone(),
-            limits.clone(),
-            shutdown_rx.clone(),
-        );
+        let options = if proxy {
+            // Both lists name the load balancers in front of us (the contract keeps http.trusted_proxies valid).
+            let trusted: Vec<_> =
+                config.smtp.trusted_proxies.iter().chain(&config.http.trusted_proxies).copied().collect();
+            if trusted.is_empty() {
+                tracing::warn!(%addr, "PROXY protocol listener without smtp.trusted_proxies: every connection is refused");
+            }
+            ListenerOptions::proxied(mode, &trusted)
+        } else {
+            ListenerOptions::new(mode)
+        };
+        let fut =
+            mta_smtp::serve(listener, options, session.clone(), handler.clone(), limits.clone(), shutdown_rx.clone());
         smtp_tasks.spawn(fut);
     }
 

@@ -97,6 +97,8 @@ fn overloaded_reply(code: u16, e: &Overloaded) -> Reply {
 }
 
 impl Handler for SmtpHandler {
+    type Content = Vec<u8>;
+
     fn on_connect(&self, info: &SessionInfo) -> Result<(), Reply> {
         if !self.engine.is_accepting() {
             return Err(Reply::new(421, (4, 3, 2), "Service shutting down"));
@@ -149,10 +151,15 @@ impl Handler for SmtpHandler {
         }
     }
 
+    async fn begin_content(&self, _info: &SessionInfo, _txn: &Transaction) -> Result<Vec<u8>, Reply> {
+        Ok(Vec::new())
+    }
+
     fn queue(
         &self,
         info: &SessionInfo,
         txn: Transaction,
+        content: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<String, Reply>> + Send {
         let engine = self.engine.clone();
         // Trusted clients (authenticated or in relay_networks) get our DKIM signature; mail from outsiders for
@@ -163,7 +170,7 @@ impl Handler for SmtpHandler {
         let mut injection = Injection {
             sender: txn.sender,
             recipients: txn.recipients,
-            content: txn.data,
+            content: content.into(),
             tenant: None,
             pool: None,
             priority: mta_core::Priority::Bulk,

@@ -20,7 +20,7 @@ async fn caps_and_graceful_shutdown() {
     let handler = Arc::new(TestHandler::default());
     let limits = Arc::new(ConnectionLimits::new(100, 1));
     let (stop, rx) = watch::channel(false);
-    let options = ListenerOptions { mode: ListenerMode::Smtp, proxy_protocol: false };
+    let options = ListenerOptions::new(ListenerMode::Smtp);
     let server = tokio::spawn(serve(listener, options, Arc::new(config()), handler, Arc::clone(&limits), rx));
 
     let mut first = connect(addr).await;
@@ -53,7 +53,7 @@ async fn proxy_protocol_replaces_the_peer() {
     let addr = listener.local_addr().expect("addr");
     let handler = Arc::new(TestHandler::default());
     let (_stop, rx) = watch::channel(false);
-    let options = ListenerOptions { mode: ListenerMode::Smtp, proxy_protocol: true };
+    let options = ListenerOptions::proxied(ListenerMode::Smtp, &["127.0.0.1/32".parse().expect("net")]);
     let limits = Arc::new(ConnectionLimits::new(100, 10));
     tokio::spawn(serve(listener, options, Arc::new(config()), Arc::clone(&handler), limits, rx));
     let mut c = connect(addr).await;

@@ -6,6 +6,9 @@
 //! keeps reading to the real `CRLF.CRLF` (and only that ends it, never `LF.CRLF` or `CR.CRLF`), BDAT to the
 //! end of the announced chunk, so the session stays in sync with the client and nothing of the message is
 //! read as commands or as a second message. After the first error bytes are counted but no longer stored.
+//!
+//! Content can be taken out as it arrives ([`DataReceiver::take`], [`BdatReceiver::take`]), so a session holds
+//! at most one read's worth of a message; [`HopCounter`] counts `Received:` fields on those chunks.
 
 use bytes::{Bytes, BytesMut};
 
@@ -113,6 +116,10 @@ impl Sink {
         }
     }
 
+    fn take(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
     fn finish(self) -> Result<Bytes, DataError> {
         match self.error {
             Some(e) => Err(e),
@@ -204,7 +211,18 @@ impl DataReceiver {
         self.sink.size
     }
 
-    /// The message after [`Progress::Done`]: the exact bytes after unstuffing, or the first content error.
+    /// The content stored since the last call (empty once an error was seen): stream it on, keep nothing.
+    pub fn take(&mut self) -> Bytes {
+        self.sink.take()
+    }
+
+    /// The first content error so far.
+    pub fn error(&self) -> Option<DataError> {
+        self.sink.error
+    }
+
+    /// The message after [`Progress::Done`]: the exact bytes after unstuffing not yet taken, or the first
+    /// content error.
     pub fn finish(self) -> Result<Bytes, DataError> {
         self.sink.finish()
     }
@@ -287,7 +305,12 @@ impl BdatReceiver {
         self.sink.size
     }
 
-    /// The message after the LAST chunk. Content that does not end with CRLF gets one appended so the
+    /// The content stored since the last call (empty once an error was seen): stream it on, keep nothing.
+    pub fn take(&mut self) -> Bytes {
+        self.sink.take()
+    }
+
+    /// The message after the LAST chunk (what was not taken yet). Content that does not end with CRLF gets one appended so the
     /// message can later be relayed with DATA; a trailing lone CR is a bare CR.
     pub fn finish(mut self) -> Result<Bytes, DataError> {
         if self.pending_cr {
@@ -313,6 +336,57 @@ pub fn count_received_headers(message: &[u8]) -> usize {
         }
     }
     count
+}
+
+/// Counts `Received:` fields in a header section fed in chunks of any size (the streaming form of
+/// [`count_received_headers`]).
+#[derive(Debug, Clone, Default)]
+pub struct HopCounter {
+    count: usize,
+    /// The first bytes of the current line (up to 9, enough for `received:`).
+    start: Vec<u8>,
+    /// Octets of the current line seen so far.
+    line_len: usize,
+    /// The empty line was seen: the body starts, nothing more is counted.
+    done: bool,
+}
+
+impl HopCounter {
+    /// A counter at the start of a message.
+    pub fn new() -> HopCounter {
+        HopCounter::default()
+    }
+
+    /// Feeds the next content bytes.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !self.done && !data.is_empty() {
+            let (line, ended) = match memchr::memchr(b'\n', data) {
+                Some(i) => (&data[..=i], true),
+                None => (data, false),
+            };
+            if self.start.len() < 9 {
+                let want = (9 - self.start.len()).min(line.len());
+                self.start.extend_from_slice(&line[..want]);
+            }
+            self.line_len += line.len();
+            data = &data[line.len()..];
+            if ended {
+                if self.line_len <= 2 {
+                    // CRLF alone: the end of the header section.
+                    self.done = true;
+                } else if self.start.len() == 9 && self.start.eq_ignore_ascii_case(b"received:") {
+                    self.count += 1;
+                }
+                self.start.clear();
+                self.line_len = 0;
+            }
+        }
+    }
+
+    /// `Received:` fields seen so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
 }
 
 /// Dot-stuffs `content` and appends the `.CRLF` terminator: the inverse of [`DataReceiver`], for clients and
@@ -447,6 +521,37 @@ mod tests {
     fn received_headers_counted_in_header_section_only() {
         let m = b"Received: a\r\n\tcont\r\nRECEIVED: b\r\nSubject: x\r\n\r\nReceived: body\r\n";
         assert_eq!(count_received_headers(m), 2);
+    }
+
+    #[test]
+    fn hop_counter_agrees_with_the_whole_message_count_at_every_split() {
+        let m: &[u8] = b"Received: a\r\n\tcont\r\nRECEIVED: b\r\nSubject: x\r\nreceived:c\r\n\r\nReceived: body\r\n";
+        for split in 0..m.len() {
+            let mut h = HopCounter::new();
+            h.feed(&m[..split]);
+            h.feed(&m[split..]);
+            assert_eq!(h.count(), count_received_headers(m), "split at {split}");
+        }
+        let mut h = HopCounter::new();
+        for b in m.chunks(1) {
+            h.feed(b);
+        }
+        assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn taken_chunks_add_up_to_the_message() {
+        let msg = b"Subject: x\r\n\r\n..a\r\nbody\r\n.\r\n";
+        for split in 0..msg.len() {
+            let mut r = DataReceiver::new(998, 1000);
+            let mut got = Vec::new();
+            r.feed(&msg[..split]);
+            got.extend_from_slice(&r.take());
+            r.feed(&msg[split..]);
+            got.extend_from_slice(&r.take());
+            assert_eq!(r.finish(), Ok(Bytes::new()));
+            assert_eq!(got, b"Subject: x\r\n\r\n.a\r\nbody\r\n");
+        }
     }
 
     #[test]

@@ -2,6 +2,12 @@
 
 use std::time::Duration;
 
+/// Default `min_data_rate`: 1 KiB/s (Postfix's `smtpd_min_data_rate` is 500 B/s); a 50 MiB message may take
+/// 14 hours at it, a client sending one byte every few seconds is closed after the grace period.
+pub const DEFAULT_MIN_DATA_RATE: u64 = 1024;
+/// Default `data_rate_grace`.
+pub const DEFAULT_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
+
 /// Session settings shared by every connection of a listener (wrap in an `Arc`).
 #[derive(Clone)]
 pub struct SessionConfig {
@@ -19,10 +25,16 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// `Received:` fields allowed in a message; more is a loop: `554 5.4.6`.
     pub max_hops: usize,
-    /// Waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
+    /// A whole command line must arrive within this of the moment the session started waiting for it
+    /// (RFC 5321 §4.5.3.2: at least 5 minutes), however slowly its bytes trickle in.
     pub timeout_command: Duration,
     /// Waiting for each block of DATA/BDAT content (RFC 5321 §4.5.3.2: 3 minutes minimum).
     pub timeout_data: Duration,
+    /// Message content must arrive at least this fast, in octets per second, averaged from the start of
+    /// DATA (or of a BDAT chunk) once `data_rate_grace` has passed; slower clients get `421 4.4.2`. 0 = off.
+    pub min_data_rate: u64,
+    /// Time allowed before `min_data_rate` counts (credit for slow starts and small messages).
+    pub data_rate_grace: Duration,
     /// Offer AUTH without TLS.
     pub allow_plaintext_auth: bool,
     /// STARTTLS is offered (and `smtps` listeners work) when set.
@@ -43,6 +55,8 @@ impl Default for SessionConfig {
             max_hops: 50,
             timeout_command: Duration::from_secs(300),
             timeout_data: Duration::from_secs(600),
+            min_data_rate: DEFAULT_MIN_DATA_RATE,
+            data_rate_grace: DEFAULT_DATA_RATE_GRACE,
             allow_plaintext_auth: false,
             tls: None,
             timeout_proxy_header: Duration::from_secs(10),
@@ -62,6 +76,8 @@ impl std::fmt::Debug for SessionConfig {
             .field("max_hops", &self.max_hops)
             .field("timeout_command", &self.timeout_command)
             .field("timeout_data", &self.timeout_data)
+            .field("min_data_rate", &self.min_data_rate)
+            .field("data_rate_grace", &self.data_rate_grace)
             .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .field("tls", &self.tls.is_some())
             .finish()

@@ -1,7 +1,6 @@
 //! The policy boundary: the session speaks SMTP, the [`Handler`] decides (relay, load, spool).
 
 use crate::Reply;
-use bytes::Bytes;
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -33,23 +32,41 @@ pub struct SessionInfo {
     pub mode: ListenerMode,
 }
 
-/// A complete message that passed every protocol check.
+/// The envelope of a message whose content passed every protocol check.
 #[derive(Debug, Clone)]
 pub struct Transaction {
     /// The reverse-path; `""` is the null sender.
     pub sender: String,
     /// Accepted recipients, in order.
     pub recipients: Vec<String>,
-    /// The exact content bytes after dot-unstuffing (no `Received:` added: that is the handler's job).
-    pub data: Bytes,
     /// `BODY=8BITMIME` was given.
     pub body_8bit: bool,
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
 }
 
+/// Takes a message's content while it arrives: the exact bytes after dot-unstuffing, in order, in chunks no
+/// larger than one read from the client. The session never holds the whole message; where it goes (memory,
+/// a spool file) is the handler's choice.
+pub trait ContentSink: Send {
+    /// The next bytes. `Err(reply)` refuses the message: the session reads on to the end of the content (to
+    /// stay in sync with the client), writes nothing more, and sends that reply at the end.
+    fn write(&mut self, chunk: &[u8]) -> impl Future<Output = Result<(), Reply>> + Send;
+}
+
+/// The whole content in memory: for tests and for embedders whose messages are small.
+impl ContentSink for Vec<u8> {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), Reply> {
+        self.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
 /// Policy and storage for SMTP sessions. Methods returning `Err(reply)` have that reply sent as is.
 pub trait Handler: Send + Sync + 'static {
+    /// Where message content goes while it is received.
+    type Content: ContentSink;
+
     /// Called at connect: `Ok` to greet, `Err(reply)` to send it (e.g. `421 4.3.2` under load) and close.
     fn on_connect(&self, info: &SessionInfo) -> Result<(), Reply>;
 
@@ -70,7 +87,21 @@ pub trait Handler: Send + Sync + 'static {
     /// Verifies credentials (may be slow: argon2); `true` when valid.
     fn authenticate(&self, user: &str, password: &str) -> impl Future<Output = bool> + Send;
 
+    /// DATA or the first BDAT is about to be answered: where the content will go. `Err(reply)` refuses the
+    /// message before any content is read (DATA gets that reply instead of `354`; BDAT chunks are skipped).
+    fn begin_content(
+        &self,
+        info: &SessionInfo,
+        txn: &Transaction,
+    ) -> impl Future<Output = Result<Self::Content, Reply>> + Send;
+
     /// The message is complete: make it durable and return the queue id; the session replies
     /// `250 2.0.0 Ok: queued as <id>`. `Err(reply)` is sent as is (e.g. `451 4.3.0` when the spool failed).
-    fn queue(&self, info: &SessionInfo, txn: Transaction) -> impl Future<Output = Result<String, Reply>> + Send;
+    /// A content that is dropped without reaching here was abandoned (client gone, content refused).
+    fn queue(
+        &self,
+        info: &SessionInfo,
+        txn: Transaction,
+        content: Self::Content,
+    ) -> impl Future<Output = Result<String, Reply>> + Send;
 }

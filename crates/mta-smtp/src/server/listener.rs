@@ -1,26 +1,64 @@
 //! The accept loop: connection caps, one task per session, graceful shutdown.
+//!
+//! Who the client is gets decided here, once: an IPv4-mapped IPv6 peer (`::ffff:192.0.2.1` on a dual-stack
+//! socket) becomes the IPv4 address, and a PROXY header is believed only from a peer in the listener's trusted
+//! proxies (anyone else is refused and logged: a header from an arbitrary client would let it claim an address
+//! in the relay networks). Everything downstream (relay rules, per-IP caps, SPF, logs) sees that one address.
+//!
+//! When every connection slot is taken, a newcomer may take the slot of the session that has waited longest
+//! for a command (it gets `421 4.7.0` and is closed): clients that connect and say nothing cannot lock out the
+//! ones that send mail.
 
 use super::config::SessionConfig;
 use super::handler::{Handler, ListenerMode};
 use super::session::Session;
 use crate::Reply;
-use std::collections::HashMap;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+/// How long a newcomer waits for the slot of the idle session it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
+
 /// How one listener works.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerOptions {
     /// smtp, submission or smtps.
     pub mode: ListenerMode,
     /// Every connection starts with a PROXY v1/v2 header whose source address replaces the peer address (for
     /// relay control and the per-IP cap). Connections without a valid header are closed.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the peers allowed to send the header (load balancers). A connection from any
+    /// other address is refused with `421` and logged, never served as the address its header claims.
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+impl ListenerOptions {
+    /// A listener of `mode` without PROXY protocol.
+    pub fn new(mode: ListenerMode) -> ListenerOptions {
+        ListenerOptions { mode, proxy_protocol: false, trusted_proxies: Arc::from([]) }
+    }
+
+    /// A listener of `mode` behind load balancers at `trusted` that send a PROXY header first.
+    pub fn proxied(mode: ListenerMode, trusted: &[IpNet]) -> ListenerOptions {
+        ListenerOptions { mode, proxy_protocol: true, trusted_proxies: Arc::from(trusted) }
+    }
+
+    fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// The address as every rule should see it: IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 address.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Connection caps; share one between all listeners so the total is global.
@@ -30,6 +68,9 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Sessions waiting for a command, oldest first: (since, session number) → its eviction signal.
+    idle: Mutex<BTreeMap<(Instant, u64), Arc<Notify>>>,
+    next_session: AtomicU64,
 }
 
 impl ConnectionLimits {
@@ -40,6 +81,36 @@ impl ConnectionLimits {
             max_total: max_total.min(Semaphore::MAX_PERMITS),
             max_per_ip,
             per_ip: Mutex::new(HashMap::new()),
+            idle: Mutex::new(BTreeMap::new()),
+            next_session: AtomicU64::new(0),
+        }
+    }
+
+    /// A handle by which one session reports when it waits for a command (and so may be evicted).
+    pub fn idle_slot(self: &Arc<Self>) -> IdleSlot {
+        IdleSlot {
+            limits: Arc::clone(self),
+            number: self.next_session.fetch_add(1, Ordering::Relaxed),
+            since: None,
+            evict: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Sessions waiting for a command right now.
+    pub fn idle_sessions(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Asks the session that has waited longest for a command to close; `false` when none is waiting.
+    pub fn evict_oldest_idle(&self) -> bool {
+        let oldest = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop_first();
+        match oldest {
+            Some((_, notify)) => {
+                // `notify_one` keeps the permit if the session is between two awaits: it is never lost.
+                notify.notify_one();
+                true
+            }
+            None => false,
         }
     }
 
@@ -61,6 +132,47 @@ impl ConnectionLimits {
         }
         *n += 1;
         Some(IpGuard { limits: Arc::clone(self), ip })
+    }
+}
+
+/// One session's entry in the idle set: marked while it waits for a command, removed when dropped.
+#[derive(Debug)]
+pub struct IdleSlot {
+    limits: Arc<ConnectionLimits>,
+    number: u64,
+    /// When the current wait began (the key in the idle set), `None` while busy.
+    since: Option<Instant>,
+    evict: Arc<Notify>,
+}
+
+impl IdleSlot {
+    /// The session starts waiting for a command (no-op if it already is).
+    pub fn set_idle(&mut self) {
+        if self.since.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.since = Some(now);
+        let mut idle = self.limits.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.insert((now, self.number), Arc::clone(&self.evict));
+    }
+
+    /// The session got a command and works on it.
+    pub fn set_busy(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.limits.idle.lock().unwrap_or_else(|e| e.into_inner()).remove(&(since, self.number));
+        }
+    }
+
+    /// Resolves when the session was chosen for eviction.
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.set_busy();
     }
 }
 
@@ -101,15 +213,28 @@ pub async fn serve<H: Handler>(
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_join(done),
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let Ok(permit) = Arc::clone(&limits.total).try_acquire_owned() else {
-                        let reply = Reply::fixed(421, 4, 7, 0, "Too many connections");
-                        tasks.spawn(refuse(tcp, options.mode, reply));
-                        continue;
-                    };
-                    tasks.spawn(connection(
-                        tcp, peer, options, Arc::clone(&config), Arc::clone(&handler), Arc::clone(&limits),
-                        shutdown.clone(), permit,
-                    ));
+                    let peer = canonical(peer);
+                    let (options, config, handler) = (options.clone(), Arc::clone(&config), Arc::clone(&handler));
+                    let (limits, shutdown) = (Arc::clone(&limits), shutdown.clone());
+                    match Arc::clone(&limits.total).try_acquire_owned() {
+                        Ok(permit) => {
+                            tasks.spawn(connection(tcp, peer, options, config, handler, limits, shutdown, permit));
+                        }
+                        Err(_) if limits.evict_oldest_idle() => {
+                            tasks.spawn(async move {
+                                let wait = Arc::clone(&limits.total).acquire_owned();
+                                match tokio::time::timeout(EVICTION_WAIT, wait).await {
+                                    Ok(Ok(permit)) => {
+                                        connection(tcp, peer, options, config, handler, limits, shutdown, permit).await
+                                    }
+                                    _ => refuse(tcp, options.mode, too_many()).await,
+                                }
+                            });
+                        }
+                        Err(_) => {
+                            tasks.spawn(refuse(tcp, options.mode, too_many()));
+                        }
+                    }
                 }
                 Err(e) => accept_error(e).await,
             },
@@ -130,6 +255,10 @@ pub async fn serve<H: Handler>(
             },
         }
     }
+}
+
+fn too_many() -> Reply {
+    Reply::fixed(421, 4, 7, 0, "Too many connections")
 }
 
 async fn stop_signal(rx: &mut watch::Receiver<bool>) {
@@ -174,14 +303,20 @@ async fn connection<H: Handler>(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
-    let Ok(mut local) = tcp.local_addr() else {
+    let Ok(mut local) = tcp.local_addr().map(canonical) else {
         return;
     };
     if options.proxy_protocol {
+        if !options.trusts(peer.ip()) {
+            metrics::counter!("mta_smtp_proxy_untrusted_total").increment(1);
+            tracing::warn!(%peer, "refusing connection: PROXY protocol listener, peer not in smtp.trusted_proxies");
+            refuse(tcp, options.mode, Reply::fixed(421, 4, 7, 0, "Not a trusted proxy")).await;
+            return;
+        }
         match tokio::time::timeout(config.timeout_proxy_header, crate::proxy::read_header(&mut tcp)).await {
             Ok(Ok(header)) => {
-                peer = header.source.unwrap_or(peer);
-                local = header.destination.unwrap_or(local);
+                peer = header.source.map_or(peer, canonical);
+                local = header.destination.map_or(local, canonical);
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "closing: {e}");
@@ -197,7 +332,8 @@ async fn connection<H: Handler>(
         refuse(tcp, options.mode, Reply::fixed(421, 4, 7, 0, "Too many connections from your address")).await;
         return;
     };
-    let session = Session::new(tcp, peer, local, options.mode, config, handler, shutdown);
+    let session =
+        Session::new(tcp, peer, local, options.mode, config, handler, shutdown).with_idle_slot(limits.idle_slot());
     if let Err(e) = session.run().await {
         tracing::debug!(%peer, "SMTP session ended: {e}");
     }

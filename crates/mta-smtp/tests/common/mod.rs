@@ -8,12 +8,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// A message the handler queued: the envelope and the content its sink collected.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub data: bytes::Bytes,
+    pub body_8bit: bool,
+    pub smtputf8: bool,
+}
+
 /// Records what the session asked; refuses recipients at `outside.example`; user `user` / `pass`.
 #[derive(Default)]
 pub struct TestHandler {
     pub users: bool,
     pub mails: Mutex<Vec<String>>,
-    pub queued: Mutex<Vec<Transaction>>,
+    pub queued: Mutex<Vec<Queued>>,
     pub infos: Mutex<Vec<SessionInfo>>,
 }
 
@@ -26,12 +36,14 @@ impl TestHandler {
         self.mails.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    pub fn queued(&self) -> Vec<Transaction> {
+    pub fn queued(&self) -> Vec<Queued> {
         self.queued.lock().map(|m| m.clone()).unwrap_or_default()
     }
 }
 
 impl Handler for TestHandler {
+    type Content = Vec<u8>;
+
     fn on_connect(&self, _info: &SessionInfo) -> Result<(), Reply> {
         Ok(())
     }
@@ -61,9 +73,19 @@ impl Handler for TestHandler {
         user == "user" && password == "pass"
     }
 
-    async fn queue(&self, _info: &SessionInfo, txn: Transaction) -> Result<String, Reply> {
+    async fn begin_content(&self, _info: &SessionInfo, _txn: &Transaction) -> Result<Vec<u8>, Reply> {
+        Ok(Vec::new())
+    }
+
+    async fn queue(&self, _info: &SessionInfo, txn: Transaction, content: Vec<u8>) -> Result<String, Reply> {
         let mut q = self.queued.lock().map_err(|_| Reply::LOCAL_ERROR)?;
-        q.push(txn);
+        q.push(Queued {
+            sender: txn.sender,
+            recipients: txn.recipients,
+            data: content.into(),
+            body_8bit: txn.body_8bit,
+            smtputf8: txn.smtputf8,
+        });
         Ok(format!("ID{}", q.len()))
     }
 }

@@ -137,6 +137,7 @@ where
             None => {
                 self.reply(&Reply::basic(334, challenge));
                 let mut reader = LineReader::new(SASL_MAX_LINE);
+                let deadline = tokio::time::Instant::now() + self.config.timeout_command;
                 loop {
                     match reader.next(&mut self.inbuf) {
                         Some(LineEvent::Line(line)) => break line.to_vec(),
@@ -145,7 +146,7 @@ where
                             return Ok(Response::Ended(self.error(reply)));
                         }
                         None => {
-                            let input = self.read_more(self.config.timeout_command, true).await?;
+                            let input = self.read_more(super::Wait::Command(deadline)).await?;
                             if input != Input::More {
                                 return Ok(Response::Ended(self.end_on(input)));
                             }

@@ -4,12 +4,18 @@
 //! one output buffer, which is flushed only before the session would block for more input (or before a
 //! slow step such as a TLS handshake). A client that pipelines without PIPELINING offered (after HELO) is
 //! answered the same way, in order (RFC 2920 §3.1 leaves that to the server).
+//!
+//! Deadlines cannot be stretched by trickling bytes: a command line must be complete within
+//! `timeout_command` of the moment the session started waiting for it, and message content must keep up
+//! `min_data_rate` (after `data_rate_grace`), besides arriving at least every `timeout_data`. While waiting
+//! for a command the session may be evicted by the listener to admit a new client when every slot is taken.
 
 mod auth;
 mod transfer;
 
 use super::config::SessionConfig;
 use super::handler::{Handler, ListenerMode, SessionInfo};
+use super::listener::IdleSlot;
 use super::stream::MaybeTls;
 use crate::proto::command::{Body, Command, MailParams};
 use crate::proto::data::BdatReceiver;
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Why a session ended other than by QUIT, shutdown or our own decision to close.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +54,20 @@ enum Input {
     More,
     Eof,
     Timeout,
+    /// Message content came in slower than `min_data_rate`.
+    TooSlow,
     Shutdown,
+    /// The listener needs this session's slot for a new client.
+    Evicted,
+}
+
+/// What the session waits for, and until when.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// A command line, complete by this instant (shutdown and eviction end the wait).
+    Command(Instant),
+    /// Message content: the next bytes by `next`, and enough of them to keep up the minimum rate by `rate`.
+    Content { next: Instant, rate: Instant },
 }
 
 /// A mail transaction: exists only from MAIL FROM on, so "RCPT before MAIL" cannot be represented.
@@ -58,9 +78,9 @@ struct Txn {
     rcpts: Vec<String>,
 }
 
-/// The dialogue state.
+/// The dialogue state; `C` is where a message's content goes while it arrives.
 #[derive(Debug)]
-enum State {
+enum State<C> {
     /// No EHLO/HELO yet (also right after STARTTLS).
     Connected,
     /// Greeted, no transaction.
@@ -68,16 +88,16 @@ enum State {
     /// MAIL FROM accepted; RCPTs being collected.
     Mail(Txn),
     /// Receiving a message in BDAT chunks: DATA and RCPT are out of sequence now.
-    Bdat(Txn, BdatReceiver),
+    Bdat(Box<transfer::Incoming<C>>, BdatReceiver),
 }
 
 /// An SMTP server session over any stream (TCP, TLS, or an in-memory duplex in tests).
-pub struct Session<S, H> {
+pub struct Session<S, H: Handler> {
     stream: MaybeTls<S>,
     inbuf: BytesMut,
     outbuf: Vec<u8>,
     lines: LineReader,
-    state: State,
+    state: State<H::Content>,
     info: SessionInfo,
     /// EHLO (not HELO) was used: extensions were announced.
     esmtp: bool,
@@ -86,6 +106,8 @@ pub struct Session<S, H> {
     config: Arc<SessionConfig>,
     handler: Arc<H>,
     shutdown: watch::Receiver<bool>,
+    /// Set by the listener: lets it evict this session while it waits for a command.
+    idle: Option<IdleSlot>,
 }
 
 impl<S, H> Session<S, H>
@@ -117,7 +139,14 @@ where
             config,
             handler,
             shutdown,
+            idle: None,
         }
+    }
+
+    /// Let `slot`'s listener close this session while it waits for a command, to admit a new client.
+    pub fn with_idle_slot(mut self, slot: IdleSlot) -> Self {
+        self.idle = Some(slot);
+        self
     }
 
     /// Runs the session to its end. `Ok` for every orderly end (QUIT, client gone, timeout, error limit,
@@ -143,6 +172,7 @@ where
         }
         let greeting = Reply::basic(220, format!("{} ESMTP", self.config.hostname));
         self.reply(&greeting);
+        let mut deadline = Instant::now() + self.config.timeout_command;
         loop {
             while let Some(event) = self.lines.next(&mut self.inbuf) {
                 if *self.shutdown.borrow() {
@@ -156,8 +186,10 @@ where
                 if flow == Flow::Close {
                     return Ok(());
                 }
+                // The next command's deadline runs from the end of this one, however its bytes trickle in.
+                deadline = Instant::now() + self.config.timeout_command;
             }
-            let input = self.read_more(self.config.timeout_command, true).await?;
+            let input = self.read_more(Wait::Command(deadline)).await?;
             if self.end_on(input) == Flow::Close {
                 return Ok(());
             }
@@ -300,12 +332,25 @@ where
             Input::More => return Flow::Continue,
             Input::Eof => {}
             Input::Timeout => {
+                metrics::counter!("mta_smtp_timeouts_total", "kind" => "deadline").increment(1);
                 let host = &self.config.hostname;
                 let reply = Reply::new(421, (4, 4, 2), format!("{host} Error: timeout exceeded"));
                 self.reply(&reply);
             }
+            Input::TooSlow => {
+                metrics::counter!("mta_smtp_timeouts_total", "kind" => "min_data_rate").increment(1);
+                let host = &self.config.hostname;
+                let reply = Reply::new(421, (4, 4, 2), format!("{host} Error: data transfer too slow"));
+                self.reply(&reply);
+            }
             Input::Shutdown => {
                 self.reply(&Reply::SHUTTING_DOWN);
+            }
+            Input::Evicted => {
+                metrics::counter!("mta_smtp_idle_evictions_total").increment(1);
+                let host = &self.config.hostname;
+                let reply = Reply::new(421, (4, 7, 0), format!("{host} Idle too long, closing to admit other clients"));
+                self.reply(&reply);
             }
         }
         Flow::Close
@@ -327,24 +372,60 @@ where
         Ok(())
     }
 
-    /// Flushes pending replies, then waits for more input (or the timeout, or shutdown when `watch_shutdown`).
-    async fn read_more(&mut self, timeout: Duration, watch_shutdown: bool) -> Result<Input, SessionError> {
+    /// Flushes pending replies, then waits for more input, the deadline, or (for commands) shutdown or
+    /// eviction.
+    async fn read_more(&mut self, wait: Wait) -> Result<Input, SessionError> {
         self.flush().await?;
         if self.inbuf.capacity() - self.inbuf.len() < 4096 {
             self.inbuf.reserve(16 * 1024);
         }
-        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf));
+        let (deadline, late) = match wait {
+            Wait::Command(at) => (at, Input::Timeout),
+            Wait::Content { next, rate } if rate < next => (rate, Input::TooSlow),
+            Wait::Content { next, .. } => (next, Input::Timeout),
+        };
+        let command = matches!(wait, Wait::Command(_));
+        if command {
+            if let Some(slot) = self.idle.as_mut() {
+                slot.set_idle();
+            }
+        }
+        let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.inbuf));
         let shutdown = &mut self.shutdown;
+        let idle = &self.idle;
+        let evicted = async {
+            match (idle, command) {
+                (Some(slot), true) => slot.evicted().await,
+                _ => std::future::pending().await,
+            }
+        };
         let outcome = tokio::select! {
             r = read => r,
-            () = wait_for_shutdown(shutdown), if watch_shutdown => return Ok(Input::Shutdown),
+            () = wait_for_shutdown(shutdown), if command => return Ok(Input::Shutdown),
+            () = evicted => return Ok(Input::Evicted),
         };
+        if let Some(slot) = self.idle.as_mut() {
+            slot.set_busy();
+        }
         match outcome {
-            Err(_) => Ok(Input::Timeout),
+            Err(_) => Ok(late),
             Ok(Ok(0)) => Ok(Input::Eof),
             Ok(Ok(_)) => Ok(Input::More),
             Ok(Err(e)) => Err(e.into()),
         }
+    }
+
+    /// The wait for message content that started at `started` and has brought `received` octets so far.
+    fn content_wait(&self, started: Instant, received: u64) -> Wait {
+        let next = Instant::now() + self.config.timeout_data;
+        let rate = match self.config.min_data_rate {
+            0 => next,
+            per_second => {
+                let earned = Duration::from_secs_f64(received as f64 / per_second as f64);
+                started + self.config.data_rate_grace + earned
+            }
+        };
+        Wait::Content { next, rate }
     }
 }
 

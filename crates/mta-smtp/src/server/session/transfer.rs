@@ -1,12 +1,53 @@
-//! DATA and BDAT: receiving the message and handing it to the handler.
+//! DATA and BDAT: receiving the message and streaming it to the handler's content sink.
+//!
+//! The session never holds a whole message: each read's worth of unstuffed content goes to the
+//! [`ContentSink`] the handler opened, and only the envelope reaches [`Handler::queue`] at the end.
 
 use super::{Flow, Session, SessionError, State, Txn};
 use crate::proto::command::Body;
-use crate::proto::data::{count_received_headers, BdatReceiver, DataError, DataReceiver, Progress};
-use crate::server::handler::{Handler, Transaction};
+use crate::proto::data::{BdatReceiver, DataError, DataReceiver, HopCounter, Progress};
+use crate::server::handler::{ContentSink, Handler, Transaction};
 use crate::Reply;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+/// A message being received: where its content goes, and what has been seen of it.
+pub(super) struct Incoming<C> {
+    txn: Txn,
+    content: C,
+    hops: HopCounter,
+    /// The sink refused the content: its reply is sent at the end; nothing more is written.
+    refused: Option<Reply>,
+}
+
+impl<C: ContentSink> Incoming<C> {
+    /// Hands the receiver's new content to the sink (and the hop counter).
+    async fn forward(&mut self, chunk: Bytes) {
+        if chunk.is_empty() || self.refused.is_some() {
+            return;
+        }
+        self.hops.feed(&chunk);
+        if let Err(reply) = self.content.write(&chunk).await {
+            self.refused = Some(reply);
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Incoming<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("txn", &self.txn).field("hops", &self.hops.count()).finish_non_exhaustive()
+    }
+}
+
+fn envelope(txn: &Txn) -> Transaction {
+    Transaction {
+        sender: txn.sender.clone(),
+        recipients: txn.rcpts.clone(),
+        body_8bit: txn.params.body == Some(Body::EightBitMime),
+        smtputf8: txn.params.smtputf8,
+    }
+}
 
 impl<S, H> Session<S, H>
 where
@@ -25,12 +66,24 @@ where
         let State::Mail(txn) = std::mem::replace(&mut self.state, State::Greeted) else {
             return Ok(Flow::Continue);
         };
+        let content = match self.handler.begin_content(&self.info, &envelope(&txn)).await {
+            Ok(content) => content,
+            Err(reply) => return Ok(self.reply(&reply)),
+        };
+        let mut incoming = Incoming { txn, content, hops: HopCounter::new(), refused: None };
         self.reply(&Reply::basic(354, "End data with <CR><LF>.<CR><LF>"));
         let mut receiver = DataReceiver::new(self.config.max_line, self.config.max_message_size);
+        let started = Instant::now();
+        let mut received = 0u64;
         loop {
             if !self.inbuf.is_empty() {
-                match receiver.feed(&self.inbuf) {
-                    Progress::NeedMore => self.inbuf.clear(),
+                let progress = receiver.feed(&self.inbuf);
+                incoming.forward(receiver.take()).await;
+                match progress {
+                    Progress::NeedMore => {
+                        received += self.inbuf.len() as u64;
+                        self.inbuf.clear();
+                    }
                     Progress::Done { consumed } => {
                         self.inbuf.advance(consumed);
                         break;
@@ -38,12 +91,13 @@ where
                 }
             }
             // Shutdown is not watched here: a message being received is allowed to finish.
-            let input = self.read_more(self.config.timeout_data, false).await?;
+            let input = self.read_more(self.content_wait(started, received)).await?;
             if self.end_on(input) == Flow::Close {
                 return Ok(Flow::Close);
             }
         }
-        self.deliver(txn, receiver.finish()).await
+        let end = receiver.finish();
+        self.deliver(incoming, end).await
     }
 
     pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Result<Flow, SessionError> {
@@ -59,16 +113,34 @@ where
             }
             return Ok(self.error(reply));
         }
-        let (txn, mut receiver) = match std::mem::replace(&mut self.state, State::Greeted) {
-            State::Mail(txn) => (txn, BdatReceiver::new(self.config.max_line, self.config.max_message_size)),
-            State::Bdat(txn, receiver) => (txn, receiver),
+        let (mut incoming, mut receiver) = match std::mem::replace(&mut self.state, State::Greeted) {
+            State::Mail(txn) => match self.handler.begin_content(&self.info, &envelope(&txn)).await {
+                Ok(content) => (
+                    Incoming { txn, content, hops: HopCounter::new(), refused: None },
+                    BdatReceiver::new(self.config.max_line, self.config.max_message_size),
+                ),
+                Err(reply) => {
+                    if self.skip(size).await? == Flow::Close {
+                        return Ok(Flow::Close);
+                    }
+                    return Ok(self.reply(&reply));
+                }
+            },
+            State::Bdat(incoming, receiver) => (*incoming, receiver),
             State::Connected | State::Greeted => return Ok(Flow::Continue),
         };
         receiver.start_chunk(size);
+        let started = Instant::now();
+        let mut received = 0u64;
         while receiver.remaining() > 0 {
             if !self.inbuf.is_empty() {
-                match receiver.feed(&self.inbuf) {
-                    Progress::NeedMore => self.inbuf.clear(),
+                let progress = receiver.feed(&self.inbuf);
+                incoming.forward(receiver.take()).await;
+                match progress {
+                    Progress::NeedMore => {
+                        received += self.inbuf.len() as u64;
+                        self.inbuf.clear();
+                    }
                     Progress::Done { consumed } => {
                         self.inbuf.advance(consumed);
                         break;
@@ -76,7 +148,7 @@ where
                 }
                 continue;
             }
-            let input = self.read_more(self.config.timeout_data, false).await?;
+            let input = self.read_more(self.content_wait(started, received)).await?;
             if self.end_on(input) == Flow::Close {
                 return Ok(Flow::Close);
             }
@@ -86,22 +158,26 @@ where
             return Ok(self.reply(&e.reply()));
         }
         if !last {
-            self.state = State::Bdat(txn, receiver);
+            self.state = State::Bdat(Box::new(incoming), receiver);
             return Ok(self.reply(&Reply::new(250, (2, 0, 0), format!("Ok: {size} octets received"))));
         }
-        self.deliver(txn, receiver.finish()).await
+        let end = receiver.finish();
+        self.deliver(incoming, end).await
     }
 
     /// Discards `size` octets of a refused chunk.
     async fn skip(&mut self, mut size: u64) -> Result<Flow, SessionError> {
+        let started = Instant::now();
+        let mut received = 0u64;
         loop {
             let take = usize::try_from(size).map_or(self.inbuf.len(), |s| s.min(self.inbuf.len()));
             self.inbuf.advance(take);
             size -= take as u64;
+            received += take as u64;
             if size == 0 {
                 return Ok(Flow::Continue);
             }
-            let input = self.read_more(self.config.timeout_data, false).await?;
+            let input = self.read_more(self.content_wait(started, received)).await?;
             if self.end_on(input) == Flow::Close {
                 return Ok(Flow::Close);
             }
@@ -109,22 +185,24 @@ where
     }
 
     /// The end of a message: protocol checks done by the receiver, then the hop limit, then the handler.
-    async fn deliver(&mut self, txn: Txn, content: Result<Bytes, DataError>) -> Result<Flow, SessionError> {
-        let data = match content {
-            Ok(data) => data,
+    /// `end` is the receiver's verdict and the content it had not handed out yet.
+    async fn deliver(
+        &mut self,
+        mut incoming: Incoming<H::Content>,
+        end: Result<Bytes, DataError>,
+    ) -> Result<Flow, SessionError> {
+        match end {
+            Ok(rest) => incoming.forward(rest).await,
             Err(e) => return Ok(self.reply(&e.reply())),
-        };
-        if count_received_headers(&data) > self.config.max_hops {
+        }
+        if let Some(reply) = incoming.refused.take() {
+            return Ok(self.reply(&reply));
+        }
+        if incoming.hops.count() > self.config.max_hops {
             return Ok(self.reply(&Reply::fixed(554, 5, 4, 6, "Too many hops (mail loop?)")));
         }
-        let transaction = Transaction {
-            sender: txn.sender,
-            recipients: txn.rcpts,
-            data,
-            body_8bit: txn.params.body == Some(Body::EightBitMime),
-            smtputf8: txn.params.smtputf8,
-        };
-        let reply = match self.handler.queue(&self.info, transaction).await {
+        let transaction = envelope(&incoming.txn);
+        let reply = match self.handler.queue(&self.info, transaction, incoming.content).await {
             Ok(id) => Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}")),
             Err(reply) => reply,
         };
