@@ -30,6 +30,7 @@ use crate::id::QueueId;
 use crate::record::{BodyLocation, MessageRecord, INLINE_MAX, INLINE_SEGMENT};
 use crate::segment::SegmentWriter;
 use crate::spool::Shared;
+use crate::staged::SealedBody;
 
 /// One write, committed through [`crate::Spool::commit`]; all ops of one call become durable together.
 #[derive(Debug, Clone)]
@@ -41,6 +42,14 @@ pub enum Op {
         record: MessageRecord,
         /// The message bytes as they will be sent.
         body: Bytes,
+    },
+    /// Store a message whose body was staged and sealed beforehand ([`crate::StagedBody`]): only the record
+    /// is written in the round. The spool fills in `record.body`.
+    PutSealed {
+        /// The envelope record (its `id` is the key).
+        record: MessageRecord,
+        /// The durable body it points at.
+        body: SealedBody,
     },
     /// Replace a message's record (recipient states, schedules). The body location is kept from the stored
     /// record, whatever `record.body` says; fails with [`SpoolError::NotFound`] if the message is gone.
@@ -135,6 +144,8 @@ struct Plan {
     slots: HashMap<Vec<u8>, Slot>,
     /// Change in the number of records.
     record_delta: i64,
+    /// Staged bodies whose records this round writes: they become permanent when it succeeds.
+    sealed: Vec<SealedBody>,
 }
 
 /// A request accepted into the round: its waiter and the puts whose stored records it gets back.
@@ -318,6 +329,9 @@ impl Committer {
         match outcome {
             Ok(locations) => {
                 stats.add_records(plan.record_delta);
+                for body in &plan.sealed {
+                    body.mark_committed();
+                }
                 // Deleting before answering keeps "removed" meaning "its segment may be gone" for the caller.
                 self.shared.segments.delete_empty(self.writer.num());
                 for a in accepted {
@@ -348,6 +362,7 @@ impl Committer {
     /// Check one request's ops and add them to `plan`; on error the plan is left as it was.
     fn plan_request(&self, plan: &mut Plan, ops: Vec<Op>) -> Result<Vec<(MessageRecord, usize)>, SpoolError> {
         let bodies_before = plan.bodies.len();
+        let sealed_before = plan.sealed.len();
         let mut slots: HashMap<Vec<u8>, Slot> = HashMap::new();
         let mut writes = Vec::with_capacity(ops.len());
         let mut delta = 0i64;
@@ -369,6 +384,24 @@ impl Committer {
                             key,
                             record: Box::new(record),
                             body: BodyRef::Pending(n),
+                            old: present(old),
+                        });
+                    }
+                    Op::PutSealed { mut record, body } => {
+                        let key = record.id.as_str().as_bytes().to_vec();
+                        let old = self.slot(plan, &slots, &key)?;
+                        if matches!(old, Slot::Absent) {
+                            delta += 1;
+                        }
+                        let loc = body.location();
+                        record.body = loc;
+                        plan.sealed.push(body);
+                        puts.push((record.clone(), usize::MAX));
+                        slots.insert(key.clone(), Slot::Present(BodyRef::Stored(loc)));
+                        writes.push(Write::Record {
+                            key,
+                            record: Box::new(record),
+                            body: BodyRef::Stored(loc),
                             old: present(old),
                         });
                     }
@@ -411,6 +444,7 @@ impl Committer {
             }
             Err(e) => {
                 plan.bodies.truncate(bodies_before);
+                plan.sealed.truncate(sealed_before);
                 Err(e)
             }
         }

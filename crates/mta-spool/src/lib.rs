@@ -11,6 +11,7 @@
 //! - [`id`]: time-ordered [`QueueId`]s.
 //! - `error`: [`SpoolError`].
 //! - `segment`: body segment files (frames, append, verified reads, live counts, deletion).
+//! - `staged`: [`StagedBody`], a large body written to a segment of its own while it arrives.
 //! - `index`: the sled trees and the fsyncs that make sled flushes durable.
 //! - `committer`: the group-commit thread and [`Op`].
 //! - `stats`: [`SpoolStats`] for the back-pressure monitor, and `metrics` names.
@@ -33,6 +34,7 @@ mod index;
 pub mod record;
 mod segment;
 mod spool;
+mod staged;
 mod stats;
 #[doc(hidden)]
 pub mod testing;
@@ -48,4 +50,5 @@ pub use spool::{
     AuxEntry, Fetched, ScanReport, Spool, SpoolConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_ROUND_BYTES,
     DEFAULT_MAX_ROUND_OPS, DEFAULT_SEGMENT_SIZE, DEFAULT_SLED_CACHE_BYTES,
 };
+pub use staged::{SealedBody, StagedBody};
 pub use stats::{SpoolStats, LATENCY_RING_LEN};

@@ -19,6 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,13 +40,18 @@ pub fn header_len(id_len: usize) -> u64 {
 
 /// The frame header of one body.
 fn encode_header(id: &QueueId, body: &[u8]) -> Vec<u8> {
+    encode_header_parts(id, body.len() as u64, crc32fast::hash(body))
+}
+
+/// The frame header of a body of `len` octets with checksum `crc`.
+pub(crate) fn encode_header_parts(id: &QueueId, len: u64, crc: u32) -> Vec<u8> {
     let id = id.as_str().as_bytes();
     let mut h = Vec::with_capacity(header_len(id.len()) as usize);
     h.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
     h.extend_from_slice(&(id.len() as u16).to_le_bytes());
     h.extend_from_slice(id);
-    h.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    h.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -92,6 +98,8 @@ pub(crate) struct Segments {
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Records pointing into each known segment (including the active one at 0).
     live: Mutex<HashMap<u64, u64>>,
+    /// The next unused segment number: rotations and staged bodies both take theirs from here.
+    next: AtomicU64,
 }
 
 impl Segments {
@@ -117,8 +125,24 @@ impl Segments {
             stats,
             readers: RwLock::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(existing.last().map_or(1, |n| n + 1)),
         };
         Ok((segments, existing))
+    }
+
+    /// The `bodies` directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A segment number nobody has used: above every existing file and every number handed out before.
+    pub(crate) fn allocate(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Numbers below `num` are taken (the recovered active segment).
+    pub(crate) fn reserve_below(&self, num: u64) {
+        self.next.fetch_max(num, Ordering::Relaxed);
     }
 
     /// Path of segment `num`.
@@ -148,13 +172,13 @@ impl Segments {
         Ok(SegmentWriter { num, file, len: 0, broken: false })
     }
 
-    /// Replace the writer by a fresh segment `num + 1`, fdatasyncing the old one first when it holds unsynced
+    /// Replace the writer by a fresh segment, fdatasyncing the old one first when it holds unsynced
     /// bytes of this round.
     fn rotate(&self, w: &mut SegmentWriter, sync_old: bool) -> Result<(), SpoolError> {
         if sync_old && !w.broken {
             self.sync(w)?;
         }
-        *w = self.create_writer(w.num + 1)?;
+        *w = self.create_writer(self.allocate())?;
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use crate::id::{IdGenerator, QueueId};
 use crate::index::Index;
 use crate::record::{BodyLocation, MessageRecord, INLINE_SEGMENT};
 use crate::segment::{fsync_path, Segments};
+use crate::staged::StagedBody;
 use crate::stats::{SpoolStats, Stats};
 
 /// Default size at which a new body segment is started.
@@ -193,6 +194,7 @@ impl Spool {
         }
         let active = live.keys().copied().max().unwrap_or(0) + 1;
         segments.set_live(live);
+        segments.reserve_below(active + 1);
         let writer = segments.create_writer(active)?;
         if survey.unknown == 0 {
             segments.delete_empty(active);
@@ -251,6 +253,13 @@ impl Spool {
     /// A fresh queue id, later than every id in the spool at open.
     pub fn next_id(&self) -> QueueId {
         self.inner.ids.next_id()
+    }
+
+    /// Start writing the body of message `id` to a file of its own while it arrives, with `head_room` octets
+    /// free in front for headers known only at the end (see [`StagedBody`]). Blocking.
+    pub fn stage_body(&self, id: &QueueId, head_room: u64) -> Result<StagedBody, SpoolError> {
+        let shared = self.shared();
+        StagedBody::create(&shared.segments, shared.stats.clone(), id, head_room)
     }
 
     /// Store a message durably; returns the stored record (with its body location).
