@@ -142,3 +142,46 @@ fn dual_signatures_verify_with_dkimpy_and_tampering_is_caught() {
     let other = Signer::load_keys(&[key("rsa", KeyAlgorithm::RsaSha256, "rsa2048-b.pem")]).unwrap();
     assert_eq!(dkimpy_verify_with(&ours, &other, &message()), ["fail"]);
 }
+
+#[test]
+fn a_large_message_signed_by_the_server_from_its_staged_bytes_verifies_with_dkimpy() {
+    if !dkimpy_available() {
+        return;
+    }
+    let extra = format!(
+        "[[dkim.key]]\ndomain = \"interop.test\"\nselector = \"rsa\"\nalgorithm = \"rsa-sha256\"\nkey_file = \"{}\"\n",
+        fixture("rsa2048.pem").display()
+    );
+    let mut server = mta_tests::TestServer::start(&extra);
+    let (mut c, _) = mta_tests::RawSmtp::connect(server.smtp);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<sender@interop.test>", "250");
+    c.cmd("RCPT TO:<rcpt@example.net>", "250");
+    c.cmd("DATA", "354");
+    // About 2 MiB: far past what a message may keep in memory, so its body is staged on disk.
+    let mut m = b"From: <sender@interop.test>\r\nTo: <rcpt@example.net>\r\nSubject: big\r\n\r\n".to_vec();
+    for i in 0..40_000 {
+        m.extend_from_slice(format!("line {i} of a message signed from its staged bytes\r\n").as_bytes());
+    }
+    m.extend_from_slice(b".\r\n");
+    c.send(&m);
+    let id = mta_tests::queued_id(&c.reply()).expect("queued");
+    c.cmd("QUIT", "221");
+    server.sigterm();
+    assert_eq!(server.wait_exit(std::time::Duration::from_secs(30)), Some(0));
+    let stored = server.spool_raw(&id);
+    assert!(stored.starts_with(b"DKIM-Signature:"), "not signed");
+    let published = Signer::load_keys(&[key("rsa", KeyAlgorithm::RsaSha256, "rsa2048.pem")]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let msg_path = dir.path().join("msg.eml");
+    std::fs::write(&msg_path, &stored).unwrap();
+    let dns_path = dir.path().join("dns.txt");
+    let mut f = std::fs::File::create(&dns_path).unwrap();
+    for (name, value) in published.dns_records() {
+        writeln!(f, "{name} {value}").unwrap();
+    }
+    drop(f);
+    let out = Command::new("python3").args(["-c", VERIFY_PY]).arg(&msg_path).arg(&dns_path).arg("1").output().unwrap();
+    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pass");
+}

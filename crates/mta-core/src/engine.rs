@@ -17,6 +17,7 @@ use crate::delivery::{Delivery, DeliveryConfig};
 use crate::dns::{DnsConfig, Resolver};
 use crate::error::{EngineError, InjectError};
 use crate::events::{now_rfc3339, Event, EventLog, EventType};
+use crate::incoming::{BodyBudget, Incoming};
 use crate::reception::{check_address, received_header, Protocol};
 
 /// How to build an [`Engine`].
@@ -44,7 +45,18 @@ pub struct EngineConfig {
     pub dkim_keys: Vec<KeyConfig>,
     /// Also sign every signed message with this domain's key (a fixed signing domain).
     pub dkim_fixed_domain: Option<String>,
+    /// A message being received stays in memory up to this size; beyond it its body goes to a staged
+    /// spool file ([`crate::incoming`]).
+    pub memory_per_message: usize,
+    /// Message bytes held in memory at once by every reception together (and whole messages read back for
+    /// verification or signing); beyond it messages are staged on disk from the start.
+    pub body_memory_budget: u64,
 }
+
+/// Default [`EngineConfig::memory_per_message`]: 256 KiB.
+pub const DEFAULT_MEMORY_PER_MESSAGE: usize = 256 << 10;
+/// Default [`EngineConfig::body_memory_budget`]: 256 MiB.
+pub const DEFAULT_BODY_MEMORY_BUDGET: u64 = 256 << 20;
 
 impl EngineConfig {
     /// Defaults for a spool at `spool_path`.
@@ -61,6 +73,8 @@ impl EngineConfig {
             delivery: DeliveryConfig::default(),
             dkim_keys: Vec::new(),
             dkim_fixed_domain: None,
+            memory_per_message: DEFAULT_MEMORY_PER_MESSAGE,
+            body_memory_budget: DEFAULT_BODY_MEMORY_BUDGET,
         }
     }
 }
@@ -114,6 +128,12 @@ impl Injection {
     }
 }
 
+/// The bytes a commit stores: in memory, or staged on disk while they arrived.
+pub(crate) enum StoredBody {
+    Bytes(Bytes),
+    Sealed(mta_spool::SealedBody),
+}
+
 /// A message the spool has made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -142,6 +162,8 @@ struct Inner {
     delivery: Delivery,
     events: EventLog,
     accepting: AtomicBool,
+    /// Memory for message bytes in flight, shared by every reception.
+    body_budget: BodyBudget,
 }
 
 /// The mail engine; cheap to clone.
@@ -179,6 +201,7 @@ impl Engine {
             }
             Some(Arc::new(signer))
         };
+        let config_budget = config.body_memory_budget;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let spool = Spool::open_async(spool_config).await?;
         let mut delivery_config = config.delivery.clone();
@@ -217,6 +240,7 @@ impl Engine {
                 delivery,
                 events,
                 accepting: AtomicBool::new(true),
+                body_budget: BodyBudget::new(config_budget),
             }),
         };
         Ok((engine, report))
@@ -274,6 +298,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Start receiving a message whose content arrives in pieces, with bounded memory (see [`Incoming`]).
+    pub fn incoming(&self) -> Incoming {
+        Incoming::new(self.clone(), self.inner.body_budget.clone())
+    }
+
+    /// The budget for message bytes in memory (shared by every entry point).
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.inner.body_budget
+    }
+
+    pub(crate) fn check_accepting(&self) -> Result<(), InjectError> {
+        if self.inner.accepting.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(InjectError::ShuttingDown)
+        }
+    }
+
+    /// [`Engine::inject`] under an id taken beforehand (from [`Incoming`]).
+    pub(crate) async fn inject_as(&self, id: QueueId, injection: Injection) -> Result<Accepted, InjectError> {
+        self.inject_prepared(id, injection, |_| Vec::new()).await
+    }
+
     /// Make a message durable; returns after the fsync that covers it.
     pub async fn inject(&self, injection: Injection) -> Result<Accepted, InjectError> {
         self.inject_with(injection, |_| Vec::new()).await
@@ -287,12 +334,19 @@ impl Engine {
         injection: Injection,
         extra: impl FnOnce(&QueueId) -> Vec<Op>,
     ) -> Result<Accepted, InjectError> {
-        if !self.inner.accepting.load(Ordering::Acquire) {
-            return Err(InjectError::ShuttingDown);
-        }
+        let id = self.inner.spool.next_id();
+        self.inject_prepared(id, injection, extra).await
+    }
+
+    async fn inject_prepared(
+        &self,
+        id: QueueId,
+        injection: Injection,
+        extra: impl FnOnce(&QueueId) -> Vec<Op>,
+    ) -> Result<Accepted, InjectError> {
+        self.check_accepting()?;
         self.validate(&injection.sender, &injection.recipients, injection.content.len() as u64)?;
-        let spool = &self.inner.spool;
-        let id = spool.next_id();
+        let id_copy = id.clone();
         let single = (injection.recipients.len() == 1).then(|| injection.recipients[0].as_str());
         let header = received_header(
             injection.helo.as_deref(),
@@ -310,19 +364,26 @@ impl Engine {
         data.extend_from_slice(header.as_bytes());
         data.extend_from_slice(&content);
         let mut data = data.freeze();
-        if let (true, Some(signer)) = (injection.sign, &self.inner.signer) {
-            let _permit = self.inner.sign_permits.acquire().await.map_err(|_| InjectError::ShuttingDown)?;
-            match signer.sign_blocking(data.clone()).await {
-                Ok(Some(signature)) => {
-                    let mut signed = BytesMut::with_capacity(signature.len() + data.len());
-                    signed.extend_from_slice(signature.as_bytes());
-                    signed.extend_from_slice(&data);
-                    data = signed.freeze();
-                }
-                Ok(None) => {}
-                Err(e) => return Err(InjectError::Signing(e.to_string())),
+        if injection.sign {
+            if let Some(signature) = self.signature(data.clone()).await? {
+                let mut signed = BytesMut::with_capacity(signature.len() + data.len());
+                signed.extend_from_slice(signature.as_bytes());
+                signed.extend_from_slice(&data);
+                data = signed.freeze();
             }
         }
+        self.commit_message(id, injection, StoredBody::Bytes(data), extra(&id_copy)).await
+    }
+
+    /// The common end of every injection: the record, one durable commit with `extra`, the queues, events.
+    pub(crate) async fn commit_message(
+        &self,
+        id: QueueId,
+        injection: Injection,
+        body: StoredBody,
+        extra: Vec<Op>,
+    ) -> Result<Accepted, InjectError> {
+        let spool = &self.inner.spool;
         let protocol = match injection.protocol {
             Protocol::Http { .. } => "http",
             Protocol::Local => "api",
@@ -338,8 +399,11 @@ impl Engine {
             helo: injection.helo,
             auth: injection.auth_user,
         };
-        let mut ops = vec![Op::Put { record, body: data }];
-        ops.extend(extra(&id));
+        let mut ops = vec![match body {
+            StoredBody::Bytes(body) => Op::Put { record, body },
+            StoredBody::Sealed(body) => Op::PutSealed { record, body },
+        }];
+        ops.extend(extra);
         // The committer hands back the stored record (with its body location): no copy on the way in.
         let stored = spool.commit_returning(ops).await?;
         let Some(record) = stored.into_iter().next() else {
@@ -369,6 +433,15 @@ impl Engine {
             .collect();
         self.inner.events.emit(events).await;
         Ok(Accepted { id, recipients: record.recipients.len() })
+    }
+
+    /// Our DKIM-Signature header(s) for `message` (with CRLF), when a key applies.
+    pub(crate) async fn signature(&self, message: Bytes) -> Result<Option<String>, InjectError> {
+        let Some(signer) = &self.inner.signer else {
+            return Ok(None);
+        };
+        let _permit = self.inner.sign_permits.acquire().await.map_err(|_| InjectError::ShuttingDown)?;
+        signer.sign_blocking(message).await.map_err(|e| InjectError::Signing(e.to_string()))
     }
 
     /// Stop accepting new messages (graceful stop); already-acknowledged ones stay in the spool.

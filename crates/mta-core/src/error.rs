@@ -43,6 +43,9 @@ pub enum InjectError {
         /// The limit.
         max: u64,
     },
+    /// The message's header section is longer than [`crate::incoming::MAX_HEADER_SECTION`].
+    #[error("header section too large")]
+    HeaderTooLarge,
     /// The node is stopping: retry on another node or later.
     #[error("shutting down")]
     ShuttingDown,

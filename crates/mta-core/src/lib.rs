@@ -6,6 +6,7 @@
 //! - [`dns`]: the bounded, cached, coalescing resolver pool.
 //! - [`engine`]: [`Engine`] — open the spool, inject messages durably, emit events, shut down.
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
+//! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
 //! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
 //! - [`error`]: typed errors, classified for the caller.
 //!
@@ -19,11 +20,13 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod incoming;
 pub mod reception;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Engine, EngineConfig, Injection, RecoveryReport};
 pub use error::{EngineError, InjectError};
 pub use events::{Event, EventLog, EventType};
+pub use incoming::{BodyBudget, Incoming};
 pub use mta_spool::{MessageRecord, Priority, QueueId, RecipientState, Spool};
 pub use reception::Protocol;

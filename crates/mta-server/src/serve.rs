@@ -37,6 +37,8 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     ec.hostname = config.server.hostname.clone();
     ec.node_id = config.server.node_id.clone();
     ec.spool_cache_bytes = config.spool.cache_bytes;
+    ec.memory_per_message = config.spool.memory_per_message;
+    ec.body_memory_budget = config.spool.body_memory_budget;
     ec.event_log = Some(config.log.events.clone());
     ec.max_recipients = config.smtp.max_recipients;
     ec.max_message_size = config.smtp.max_message_size;

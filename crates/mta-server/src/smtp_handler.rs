@@ -14,9 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use mta_core::auth::Verifier;
 use mta_core::backpressure::{Backpressure, Overloaded};
-use mta_core::{Engine, InjectError, Injection, Protocol};
+use mta_core::{Engine, Incoming, InjectError, Injection, Protocol};
 use mta_smtp::Reply;
-use mta_smtp::{ConnectionLimits, Handler, SessionInfo, Transaction};
+use mta_smtp::{ConnectionLimits, ContentSink, Handler, SessionInfo, Transaction};
 
 use crate::secrets::UserStore;
 
@@ -76,6 +76,7 @@ impl SmtpHandler {
 fn reply_for(e: &InjectError) -> Reply {
     match e {
         InjectError::TooLarge { .. } => Reply::new(552, (5, 3, 4), "Message size exceeds fixed limit"),
+        InjectError::HeaderTooLarge => Reply::new(552, (5, 3, 4), "Header section too large"),
         InjectError::TooManyRecipients { .. } => Reply::new(452, (4, 5, 3), "Too many recipients"),
         InjectError::InvalidSender { .. } => Reply::new(553, (5, 1, 7), "Bad sender address syntax"),
         InjectError::InvalidRecipient { .. } => Reply::new(553, (5, 1, 3), "Bad recipient address syntax"),
@@ -96,8 +97,24 @@ fn overloaded_reply(code: u16, e: &Overloaded) -> Reply {
     }
 }
 
+/// Where a session's message content goes: the engine's bounded-memory reception (staged to disk when large).
+pub struct SmtpContent {
+    incoming: Incoming,
+}
+
+impl ContentSink for SmtpContent {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), Reply> {
+        self.incoming.write(chunk).await.map_err(|e| {
+            if e.is_temporary() {
+                tracing::warn!(error = %e, "message content not stored");
+            }
+            reply_for(&e)
+        })
+    }
+}
+
 impl Handler for SmtpHandler {
-    type Content = Vec<u8>;
+    type Content = SmtpContent;
 
     fn on_connect(&self, info: &SessionInfo) -> Result<(), Reply> {
         if !self.engine.is_accepting() {
@@ -151,26 +168,29 @@ impl Handler for SmtpHandler {
         }
     }
 
-    async fn begin_content(&self, _info: &SessionInfo, _txn: &Transaction) -> Result<Vec<u8>, Reply> {
-        Ok(Vec::new())
+    async fn begin_content(&self, _info: &SessionInfo, _txn: &Transaction) -> Result<SmtpContent, Reply> {
+        if !self.engine.is_accepting() {
+            return Err(reply_for(&InjectError::ShuttingDown));
+        }
+        Ok(SmtpContent { incoming: self.engine.incoming() })
     }
 
     fn queue(
         &self,
         info: &SessionInfo,
         txn: Transaction,
-        content: Vec<u8>,
+        content: SmtpContent,
     ) -> impl std::future::Future<Output = Result<String, Reply>> + Send {
-        let engine = self.engine.clone();
         // Trusted clients (authenticated or in relay_networks) get our DKIM signature; mail from outsiders for
         // relay_domains is verified instead, and never signed (it could claim our domain in From:).
         let trusted = self.may_relay(info);
         let verifier = if trusted { None } else { self.verifier.clone() };
         let (peer, helo, sender) = (info.peer.ip(), info.helo.clone().unwrap_or_default(), txn.sender.clone());
+        let mut incoming = content.incoming;
         let mut injection = Injection {
             sender: txn.sender,
             recipients: txn.recipients,
-            content: content.into(),
+            content: bytes::Bytes::new(),
             tenant: None,
             pool: None,
             priority: mta_core::Priority::Bulk,
@@ -183,7 +203,10 @@ impl Handler for SmtpHandler {
         };
         async move {
             if let Some(verifier) = verifier {
-                let verdict = verifier.verify(peer, &helo, &sender, &injection.content).await;
+                // The whole message, read back under the engine's memory budget when it was staged.
+                let whole = incoming.content().await.map_err(|e| reply_for(&e))?;
+                let verdict = verifier.verify(peer, &helo, &sender, &whole).await;
+                drop(whole);
                 if let Some((code, enhanced, text)) = verdict.reject {
                     return Err(Reply::new(code, enhanced, text));
                 }
@@ -192,7 +215,7 @@ impl Handler for SmtpHandler {
                 }
             }
             let started = std::time::Instant::now();
-            match engine.inject(injection).await {
+            match incoming.finish(injection).await {
                 Ok(accepted) => {
                     // End of data to the 250: what a client waits for durability.
                     metrics::histogram!("mta_smtp_ack_seconds").record(started.elapsed().as_secs_f64());

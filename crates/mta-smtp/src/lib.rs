@@ -25,6 +25,6 @@ pub use proto::command::{Command, ParseError};
 pub use proto::data::DataError;
 pub use proto::reply::{EnhancedCode, Reply};
 pub use server::config::SessionConfig;
-pub use server::handler::{Handler, ListenerMode, SessionInfo, Transaction};
+pub use server::handler::{ContentSink, Handler, ListenerMode, SessionInfo, Transaction};
 pub use server::listener::{serve, ConnectionLimits, ListenerOptions};
 pub use server::session::Session;

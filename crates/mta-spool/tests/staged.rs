@@ -77,7 +77,7 @@ async fn a_staged_file_left_by_a_crash_is_deleted_at_the_next_open() {
     // New segments never reuse a number in use.
     let id = spool.next_id();
     let mut again = spool.stage_body(&id, 64).expect("stage after restart");
-    again.append(&vec![b'x'; 100]).expect("append");
+    again.append(&[b'x'; 100]).expect("append");
     let sealed = again.seal(b"").expect("seal");
     spool.commit(vec![Op::PutSealed { record: record(id), body: sealed }]).await.expect("commit");
 }
