@@ -20,6 +20,9 @@ use mta_smtp::{ConnectionLimits, ContentSink, Handler, SessionInfo, Transaction}
 
 use crate::secrets::UserStore;
 
+/// Messages up to this size are verified on the async workers; larger ones on a blocking thread.
+const VERIFY_INLINE_MAX: usize = 256 << 10;
+
 /// Relay and authentication policy plus the engine to queue into.
 pub struct SmtpHandler {
     engine: Engine,
@@ -205,7 +208,20 @@ impl Handler for SmtpHandler {
             if let Some(verifier) = verifier {
                 // The whole message, read back under the engine's memory budget when it was staged.
                 let whole = incoming.content().await.map_err(|e| reply_for(&e))?;
-                let verdict = verifier.verify(peer, &helo, &sender, &whole).await;
+                let verdict = if whole.len() > VERIFY_INLINE_MAX {
+                    // Parsing hashes every body: for a large message that is milliseconds of CPU, so it runs
+                    // on a blocking thread (its DNS lookups still go through the runtime).
+                    let (bytes, handle) = (whole.bytes(), tokio::runtime::Handle::current());
+                    let (helo, sender) = (helo.clone(), sender.clone());
+                    let verifier = Arc::clone(&verifier);
+                    tokio::task::spawn_blocking(move || {
+                        handle.block_on(async move { verifier.verify(peer, &helo, &sender, &bytes).await })
+                    })
+                    .await
+                    .map_err(|_| Reply::new(451, (4, 3, 0), "Temporary local problem, message not queued"))?
+                } else {
+                    verifier.verify(peer, &helo, &sender, &whole).await
+                };
                 drop(whole);
                 if let Some((code, enhanced, text)) = verdict.reject {
                     return Err(Reply::new(code, enhanced, text));
