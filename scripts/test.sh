@@ -19,6 +19,18 @@ if ! python3 -c "import dkim, nacl" >/dev/null 2>&1; then
     python3 -m pip install --quiet dkimpy pynacl
 fi
 
+# promtool (Prometheus's linter) checks /metrics: taken from Debian's prometheus package without installing it
+# (installing would start a Prometheus service).
+if [ ! -x target/tools/promtool ] && ! command -v promtool >/dev/null 2>&1; then
+    echo "fetching promtool (Debian package prometheus)"
+    mkdir -p target/tools/deb
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    (cd target/tools/deb && { apt-get download prometheus >/dev/null 2>&1 || { $SUDO apt-get update -qq && apt-get download prometheus >/dev/null; }; } \
+        && dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../promtool) \
+        || echo "promtool could not be fetched; its test is skipped outside CI"
+    rm -rf target/tools/deb
+fi
+
 # The end-to-end tests start the real binary: build it first so they find it next to the test executables.
 cargo build --workspace --bins
 cargo test --workspace -- "$@"

@@ -1,5 +1,5 @@
 //! End to end: the HTTP API of the real `mta-server` binary over loopback — every route and every error status
-//! of the contract, spoken as raw HTTP/1.1 (and an HTTP/2 prior-knowledge handshake).
+//! of docs/http-api.md, spoken as raw HTTP/1.1 (and an HTTP/2 prior-knowledge handshake).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -7,6 +7,7 @@
 //! - [`engine`]: [`Engine`] — open the spool, inject messages durably, emit events, shut down.
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
 //! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
+//! - [`metrics_catalog`]: every exported metric with its help text and unit.
 //! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
 //! - [`error`]: typed errors, classified for the caller.
 //!
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod incoming;
+pub mod metrics_catalog;
 pub mod reception;
 
 pub use delivery::{DeliveryConfig, QueueRow};

@@ -1,4 +1,4 @@
-//! The command line of the contract.
+//! The command line (README: "Command line").
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! The TOML configuration of the contract: typed sections, named defaults, unknown keys refused.
+//! The TOML configuration (every key in docs/configuration.md): typed sections, named defaults, unknown keys refused.
 //!
 //! Every key is optional; the embedded defaults are what `cargo run -p mta-server` runs with. Errors from the
 //! TOML layer already name the key and line; [`Config::validate`] adds the checks serde cannot express.
@@ -79,7 +79,7 @@ pub fn machine_hostname() -> String {
     "localhost".to_string()
 }
 
-/// Listener modes of the contract.
+/// Listener modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerMode {

@@ -1,7 +1,7 @@
 //! `mta-server`: the MTA as a program — SMTP and HTTP injection, durable spool, delivery.
 //!
 //! # Layout
-//! - `cli`: the command line of the contract; `main` maps outcomes to exit codes (0, 1, 2).
+//! - `cli`: the command line (README, docs/operations.md); `main` maps outcomes to exit codes (0, 1, 2).
 //! - `config` / `duration`: the TOML config, its defaults and validation.
 //! - `serve`: start-up, listeners, signals and graceful stop.
 //! - `smtp_handler`: the policy between SMTP sessions and the engine (relay control, AUTH, queueing).

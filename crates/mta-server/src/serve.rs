@@ -1,6 +1,6 @@
 //! `mta-server serve`: open the engine, bind listeners, run until a signal, stop gracefully.
 //!
-//! Graceful stop (contract): new SMTP connections get `421 4.3.2` and HTTP `503`, in-flight injections finish,
+//! Graceful stop (docs/operations.md): new SMTP connections get `421 4.3.2` and HTTP `503`, in-flight injections finish,
 //! all within `server.shutdown_timeout`; then the spool is flushed and closed. Whatever is unfinished stays
 //! queued. SIGHUP reopens the event log.
 
@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = bind(addr, "SMTP").await?;
         tracing::info!(%addr, ?mode, proxy_protocol = proxy, "SMTP listening");
         let options = if proxy {
-            // Both lists name the load balancers in front of us (the contract keeps http.trusted_proxies valid).
+            // Both lists name the load balancers in front of us (http.trusted_proxies has always counted for PROXY headers too).
             let trusted: Vec<_> =
                 config.smtp.trusted_proxies.iter().chain(&config.http.trusted_proxies).copied().collect();
             if trusted.is_empty() {

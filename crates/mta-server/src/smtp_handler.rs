@@ -1,10 +1,10 @@
 //! The policy between SMTP sessions and the engine: relay control, AUTH, and handing messages to the spool.
 //!
-//! The session (in `mta-smtp`) speaks the protocol; this handler decides. Relay rule of the contract: a
+//! The session (in `mta-smtp`) speaks the protocol; this handler decides. Relay rule (docs/configuration.md): a
 //! recipient is accepted when its domain is one of `smtp.relay_domains`, or the client is in
 //! `smtp.relay_networks` (its real address, after PROXY protocol), or it authenticated. Never an open relay.
 //!
-//! Back-pressure (contract): while the node sheds, a new connection gets `421 4.3.2` and a new transaction
+//! Back-pressure (docs/operations.md): while the node sheds, a new connection gets `421 4.3.2` and a new transaction
 //! (`MAIL`) `451 4.3.2`; a transaction already past `MAIL` finishes. While degraded, the greeting waits
 //! `degraded_greeting_delay` and sessions beyond `degraded_smtp_sessions` get `421 4.3.2`.
 

@@ -6,7 +6,9 @@ use tracing_subscriber::EnvFilter;
 /// Install the tracing subscriber: text or JSON lines on stderr.
 pub fn init_logs(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal: a redirected stderr (a log file, journald) gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
@@ -18,5 +20,6 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         ])
         .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?;
     let handle = builder.install_recorder().map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    mta_core::metrics_catalog::describe_all();
     Ok(handle)
 }

@@ -31,7 +31,7 @@ pub const DEFAULT_HEADERS: &[&str] =
 /// Headers signed once more than they occur (RFC 6376 §8.15), when a key has no `headers` list.
 pub const OVERSIGNED_HEADERS: &[&str] = &["From", "To", "Subject"];
 
-/// Smallest RSA key we sign with (RFC 8301: at least 1024, 2048 recommended; our contract: 2048).
+/// Smallest RSA key we sign with (RFC 8301: at least 1024, 2048 recommended; our floor: 2048).
 const MIN_RSA_BITS: usize = 2048;
 
 /// `rsa-sha256` or `ed25519-sha256`.

@@ -40,7 +40,7 @@ use serde::Serialize;
 
 pub use machine::{Machine, Reading, Rule, Transition};
 
-/// Health states of the node (contract: `healthy → degraded → shedding`).
+/// Health states of the node (`healthy → degraded → shedding`, docs/operations.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

@@ -2,7 +2,7 @@
 //!
 //! One min-heap of timers serves every scheduled (message, domain) pair — millions of them cost one heap
 //! entry each (about 48 bytes), not a task each. Queue accounting is per (tenant, domain), the *scheduled
-//! queue* of the contract; the *ready queues* per (egress source, site) live in [`super::site`]. No I/O and no
+//! queue* of the design (README: "Delivery in one paragraph"); the *ready queues* per (egress source, site) live in [`super::site`]. No I/O and no
 //! clock here: callers pass `now`, so tests drive time directly.
 
 use std::cmp::{Ordering, Reverse};
