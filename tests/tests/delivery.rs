@@ -359,3 +359,47 @@ async fn messages_read_ahead_by_a_connection_that_fails_are_given_back_and_deliv
     assert_eq!(received, want, "each recipient exactly once");
     assert!(deep.connections() >= 2, "the 421 closed the first connection");
 }
+
+/// Many transactions over one SMTP session (one message each).
+fn send_many(server: &TestServer, msgs: &[(String, String)]) {
+    tokio::task::block_in_place(|| {
+        let (mut c, _) = RawSmtp::connect(server.smtp);
+        c.cmd("EHLO client.test", "250");
+        for (rcpt, subject) in msgs {
+            c.cmd("MAIL FROM:<a@sender.test>", "250");
+            c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+            c.cmd("DATA", "354");
+            c.send(body(subject).as_bytes());
+            c.cmd(".", "250");
+        }
+        c.cmd("QUIT", "221");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_open_for_queued_work_not_up_to_the_limit() {
+    let port = sink_port();
+    let mut zone = TestZone::new("test");
+    // 300 domains with one message each, each its own MX host (its own site), all on 127.0.0.3.
+    for i in 0..300 {
+        zone = zone.mx(&format!("one{i}.test"), 10, &format!("mx.one{i}.test"));
+        zone = zone.a(&format!("mx.one{i}.test"), "127.0.0.3".parse().unwrap());
+    }
+    zone = zone.mx("busy.test", 10, "mx.busy.test").a("mx.busy.test", "127.0.0.4".parse().unwrap());
+    let singles = sink("127.0.0.3", port, SinkConfig::default()).await;
+    let busy =
+        sink("127.0.0.4", port, SinkConfig { response_delay: Duration::from_millis(50), ..Default::default() }).await;
+    let env = start(zone, port, "messages_per_connection = 1000\n").await;
+    let busy_msgs: Vec<(String, String)> = (0..200).map(|i| (format!("u{i}@busy.test"), format!("busy {i}"))).collect();
+    send_many(&env.server, &busy_msgs);
+    let singles_msgs: Vec<(String, String)> =
+        (0..300).map(|i| (format!("u@one{i}.test"), format!("single {i}"))).collect();
+    send_many(&env.server, &singles_msgs);
+    assert!(singles.wait_for_messages(300, Duration::from_secs(90)).await, "got {}", singles.messages().len());
+    assert!(busy.wait_for_messages(200, Duration::from_secs(90)).await, "got {}", busy.messages().len());
+    // One connection per one-message domain (a few more only if a connection failed and was retried).
+    assert!(singles.connections() <= 310, "{} connections for 300 one-message domains", singles.connections());
+    // The busy domain still spreads its queue over several connections, within its limit of 16.
+    let spread = busy.max_concurrent();
+    assert!((2..=16).contains(&spread), "busy domain used {spread} concurrent connections");
+}

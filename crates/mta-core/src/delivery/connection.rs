@@ -63,7 +63,7 @@ async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, Str
 }
 
 /// Messages a connection reads from the spool in one blocking call (prefetch while it sends).
-const PREFETCH: usize = 8;
+pub(crate) const PREFETCH: usize = 8;
 /// Bodies prefetched per batch beyond the first, in bytes: what a connection may hold ahead of sending, outside
 /// the in-flight memory budget (which covers the message on the wire), so large messages are read one at a time.
 const PREFETCH_BODY_BYTES: u64 = 64 * 1024;

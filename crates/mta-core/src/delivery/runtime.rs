@@ -388,8 +388,11 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, key: &SiteKey) {
                 to_reschedule = site.drain();
             }
         }
-        // Idle connections pick up new work themselves; open more only for what they cannot take.
-        while site.active < cap && site.len() > site.idle {
+        // Open a connection only for queued work that no open or opening connection will take: each takes up to
+        // PREFETCH messages at a time (idle ones pick up new work themselves). So one message opens one
+        // connection, and a site ramps up toward its cap as its queue grows: receivers count connections per
+        // sending IP, and a real sending day is mostly domains with one or two messages.
+        while site.active < cap && site.len() > site.active * super::connection::PREFETCH {
             match shared.conn_permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     site.active += 1;
