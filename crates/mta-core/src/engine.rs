@@ -12,7 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use mta_spool::{MessageRecord, Op, Priority, QueueId, Source, Spool, SpoolConfig};
 
-use crate::auth::{strip_spoofed_results, KeyConfig, Signer};
+use crate::auth::{strip_spoofed_results, AuthPolicy, KeyConfig, Preflight, Signer, Verifier};
+use crate::backpressure::{Backpressure, BackpressureConfig};
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::dns::{DnsConfig, Resolver};
 use crate::error::{EngineError, InjectError};
@@ -51,6 +52,15 @@ pub struct EngineConfig {
     /// Message bytes held in memory at once by every reception together (and whole messages read back for
     /// verification or signing); beyond it messages are staged on disk from the start.
     pub body_memory_budget: u64,
+    /// Inbound verification (SPF/DKIM/DMARC/ARC) of mail from outside; all off by default.
+    pub auth: AuthPolicy,
+    /// The node's health monitor and load shedding; `None` (the default) is always healthy.
+    pub backpressure: Option<BackpressureConfig>,
+    /// Sender pre-flight (our DKIM keys and SPF as published) runs when keys are configured; with this set,
+    /// delivery holds messages whose signing domain does not check out instead of sending them.
+    pub hold_on_preflight_mismatch: bool,
+    /// Addresses we send from, for the SPF pre-flight (besides the resolver's view of our host).
+    pub source_addresses: Vec<IpAddr>,
 }
 
 /// Default [`EngineConfig::memory_per_message`]: 256 KiB.
@@ -75,6 +85,10 @@ impl EngineConfig {
             dkim_fixed_domain: None,
             memory_per_message: DEFAULT_MEMORY_PER_MESSAGE,
             body_memory_budget: DEFAULT_BODY_MEMORY_BUDGET,
+            auth: AuthPolicy::default(),
+            backpressure: None,
+            hold_on_preflight_mismatch: false,
+            source_addresses: Vec::new(),
         }
     }
 }
@@ -164,6 +178,14 @@ struct Inner {
     accepting: AtomicBool,
     /// Memory for message bytes in flight, shared by every reception.
     body_budget: BodyBudget,
+    /// Inbound verification, when a method is on.
+    verifier: Option<Arc<Verifier>>,
+    /// Sender pre-flight, when signing keys are configured.
+    preflight: Option<Arc<Preflight>>,
+    /// The health state intake reads.
+    backpressure: Backpressure,
+    /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor): stopped at shutdown.
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The mail engine; cheap to clone.
@@ -230,6 +252,42 @@ impl Engine {
         if config.delivery.enabled {
             delivery.start();
         }
+        let mut tasks = Vec::new();
+        // Mail authentication resolves through a loopback stub of our resolver pool, so its lookups share our
+        // cache and our caps; it runs only when something needs it.
+        let (mut verifier, mut preflight) = (None, None);
+        if !config.auth.is_off() || signer.is_some() {
+            let (stub, stub_task) = resolver
+                .serve_stub(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .map_err(EngineError::DnsStub)?;
+            tasks.push(stub_task);
+            let authenticator =
+                crate::auth::authenticator(stub, config.dns.lookup_timeout).map_err(EngineError::Auth)?;
+            if !config.auth.is_off() {
+                verifier = Some(Arc::new(Verifier::new(authenticator.clone(), config.auth, config.hostname.clone())));
+            }
+            if let Some(signer) = &signer {
+                let p = Arc::new(Preflight::new(
+                    authenticator,
+                    signer.clone(),
+                    config.source_addresses.clone(),
+                    config.hostname.clone(),
+                ));
+                tasks.push(p.clone().spawn(crate::auth::DEFAULT_REFRESH));
+                if config.hold_on_preflight_mismatch {
+                    let check = p.clone();
+                    delivery.set_hold_check(Arc::new(move |message: &[u8]| check.should_hold_message(message)));
+                }
+                preflight = Some(p);
+            }
+        }
+        // The monitor samples the spool, our DNS upstreams, the event loop and the disk; intake reads its state.
+        let (backpressure, monitor) = match &config.backpressure {
+            Some(bp) => Backpressure::start(bp.clone(), spool.clone(), resolver.clone()),
+            None => (Backpressure::disabled(), None),
+        };
+        tasks.extend(monitor);
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
@@ -241,6 +299,10 @@ impl Engine {
                 events,
                 accepting: AtomicBool::new(true),
                 body_budget: BodyBudget::new(config_budget),
+                verifier,
+                preflight,
+                backpressure,
+                tasks: parking_lot::Mutex::new(tasks),
             }),
         };
         Ok((engine, report))
@@ -301,6 +363,21 @@ impl Engine {
     /// Start receiving a message whose content arrives in pieces, with bounded memory (see [`Incoming`]).
     pub fn incoming(&self) -> Incoming {
         Incoming::new(self.clone(), self.inner.body_budget.clone())
+    }
+
+    /// Inbound verification (`None` when every method is off): SMTP verifies mail from outsiders with it.
+    pub fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.inner.verifier.as_ref()
+    }
+
+    /// Sender pre-flight (`None` without signing keys): `GET /api/v1/senders` reads it.
+    pub fn preflight(&self) -> Option<&Arc<Preflight>> {
+        self.inner.preflight.as_ref()
+    }
+
+    /// The node's health state (always healthy without [`EngineConfig::backpressure`]).
+    pub fn backpressure(&self) -> &Backpressure {
+        &self.inner.backpressure
     }
 
     /// The budget for message bytes in memory (shared by every entry point).
@@ -458,6 +535,9 @@ impl Engine {
     /// and close the spool.
     pub async fn shutdown_within(&self, limit: std::time::Duration) {
         self.stop_accepting();
+        for task in self.inner.tasks.lock().drain(..) {
+            task.abort();
+        }
         self.inner.delivery.shutdown(limit).await;
         self.inner.spool.close().await;
     }

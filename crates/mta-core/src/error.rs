@@ -91,6 +91,9 @@ pub enum EngineError {
     /// DKIM keys could not be loaded.
     #[error("dkim: {0}")]
     Auth(crate::auth::AuthError),
+    /// The loopback DNS stub mail authentication resolves through could not be started.
+    #[error("DNS stub for mail authentication: {0}")]
+    DnsStub(std::io::Error),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Join(String),

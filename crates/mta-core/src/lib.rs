@@ -12,6 +12,43 @@
 //! - [`error`]: typed errors, classified for the caller.
 //!
 //! Spool types ([`QueueId`], [`MessageRecord`], ...) are re-exported from `mta-spool`.
+//!
+//! # Embedding
+//!
+//! The [`Engine`] owns every capability the server has: the spool, delivery, the DNS pool, inbound
+//! verification, DKIM signing with the sender pre-flight, and back-pressure. An embedder's `main`:
+//!
+//! ```no_run
+//! use mta_core::auth::{AuthPolicy, Policy};
+//! use mta_core::backpressure::BackpressureConfig;
+//! use mta_core::{Engine, EngineConfig, Injection};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = EngineConfig::new("/var/spool/mta");
+//! config.hostname = "mx1.sender.example".into();
+//! config.auth = AuthPolicy { spf: Policy::Record, dkim: Policy::Record, dmarc: Policy::Record };
+//! config.backpressure = Some(BackpressureConfig::default());
+//! let (engine, _recovered) = Engine::open(config).await?;
+//!
+//! // Shed load the way the server does: refuse new work while the node is unhealthy.
+//! if engine.backpressure().check_new_work().is_ok() {
+//!     let message = "From: app@sender.example\r\nSubject: hi\r\n\r\nHello.\r\n";
+//!     let accepted =
+//!         engine.inject(Injection::new("app@sender.example", vec!["you@example.net".into()], message)).await?;
+//!     println!("{} is durable", accepted.id);
+//! }
+//! // Verify a message received from outside (SPF, DKIM, DMARC, ARC through the engine's DNS pool).
+//! if let Some(verifier) = engine.verifier() {
+//!     let verdict = verifier.verify("192.0.2.1".parse()?, "client.example", "a@client.example", b"...").await;
+//!     println!("{}", verdict.header);
+//! }
+//! engine.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Runnable programs: `examples/send_mail.rs` (inject and watch delivery) and `examples/embed.rs`
+//! (verification and back-pressure on).
 #![warn(missing_docs)]
 
 pub mod auth;

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use mta_core::backpressure::Backpressure;
 use mta_core::{Engine, EngineConfig};
 use mta_smtp::{ConnectionLimits, ListenerMode as SmtpMode, ListenerOptions, SessionConfig};
 use tokio::net::TcpListener;
@@ -38,6 +37,15 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     ec.node_id = config.server.node_id.clone();
     ec.spool_cache_bytes = config.spool.cache_bytes;
     ec.memory_per_message = config.spool.memory_per_message;
+    ec.auth = auth::AuthPolicy {
+        spf: auth_policy(config.auth.spf),
+        dkim: auth_policy(config.auth.dkim),
+        dmarc: auth_policy(config.auth.dmarc),
+    };
+    ec.backpressure = Some(config.backpressure.to_core(config.smtp.max_connections));
+    ec.hold_on_preflight_mismatch = config.dkim.on_preflight_mismatch == "hold";
+    ec.source_addresses = config.delivery.source_address.into_iter().collect();
+    ec.source_addresses.extend(config.delivery.pool.iter().flat_map(|p| p.addresses.iter().copied()));
     ec.body_memory_budget = config.spool.body_memory_budget;
     ec.event_log = Some(config.log.events.clone());
     ec.max_recipients = config.smtp.max_recipients;
@@ -125,44 +133,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // Mail authentication: mail-auth resolves through a loopback stub of our resolver pool, so its lookups
-    // share our cache and our caps.
-    let (stub_addr, stub_task) = engine
-        .resolver()
-        .serve_stub("127.0.0.1:0".parse()?)
-        .await
-        .context("cannot start the DNS stub for mail authentication")?;
-    let authenticator = auth::authenticator(stub_addr, config.dns.lookup_timeout.get())?;
-    let policy = auth::AuthPolicy {
-        spf: auth_policy(config.auth.spf),
-        dkim: auth_policy(config.auth.dkim),
-        dmarc: auth_policy(config.auth.dmarc),
-    };
-    let verifier = (!policy.is_off())
-        .then(|| Arc::new(auth::Verifier::new(authenticator.clone(), policy, config.server.hostname.clone())));
-    let preflight = engine.signer().map(|signer| {
-        let mut sources: Vec<std::net::IpAddr> = config.delivery.source_address.into_iter().collect();
-        sources.extend(config.delivery.pool.iter().flat_map(|p| p.addresses.iter().copied()));
-        Arc::new(auth::Preflight::new(authenticator.clone(), signer.clone(), sources, config.server.hostname.clone()))
-    });
-    let preflight_task = preflight.clone().map(|p| p.spawn(auth::DEFAULT_REFRESH));
-    if let (Some(p), "hold") = (&preflight, config.dkim.on_preflight_mismatch.as_str()) {
-        let p = p.clone();
-        engine.delivery().set_hold_check(Arc::new(move |message: &[u8]| p.should_hold_message(message)));
-    }
+    let verifier = engine.verifier().cloned();
+    let preflight = engine.preflight().cloned();
 
     if config.debug.fault_injection {
         tracing::warn!(
             "debug.fault_injection = true: PUT /api/v1/debug/faults can slow this node on purpose (tests only)"
         );
     }
-    // Back-pressure: the monitor samples the spool, our DNS upstreams, the event loop and the disk; SMTP and
-    // HTTP intake read its state.
-    let (backpressure, backpressure_task) = Backpressure::start(
-        config.backpressure.to_core(config.smtp.max_connections),
-        engine.spool().clone(),
-        engine.resolver().clone(),
-    );
+    let backpressure = engine.backpressure().clone();
 
     let session = Arc::new(session_config(&config)?);
     let users = UserStore::new(config.smtp.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())));
@@ -233,13 +212,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("shutdown timeout reached; unfinished work stays queued");
     }
     // Deliveries get what is left of the shutdown budget to finish and record their results.
-    stub_task.abort();
-    if let Some(t) = backpressure_task {
-        t.abort();
-    }
-    if let Some(t) = preflight_task {
-        t.abort();
-    }
     let left = config.server.shutdown_timeout.get().saturating_sub(stop_started.elapsed());
     engine.shutdown_within(left.max(std::time::Duration::from_secs(1))).await;
     tracing::info!("stopped");
