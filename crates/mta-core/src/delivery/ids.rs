@@ -35,16 +35,6 @@ impl Interner {
     pub fn name(&self, n: u32) -> Arc<str> {
         self.names.get(n as usize).cloned().unwrap_or_else(|| Arc::from(""))
     }
-
-    /// Distinct strings held.
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    /// True when nothing was interned.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 /// A queue id in 16 bytes: the timestamp part and the interned node suffix.

@@ -1,21 +1,21 @@
 //! Delivery: from the spool to the next hop, politely per destination, with retries and bounces.
 //!
 //! # Layout
-//! - [`scheduler`]: the synchronous core — one timer heap for every scheduled (message, domain) pair, queue
+//! - `scheduler`: the synchronous core — one timer heap for every scheduled (message, domain) pair, queue
 //!   accounting per (tenant, domain), suspensions.
-//! - [`site`]: ready queues per (egress source, site) with adaptive limits (throttling, circuit breaker, rate).
-//! - [`plan`]: next hops from the MX plan or a configured route; the site name.
+//! - `site`: ready queues per (egress source, site) with adaptive limits (throttling, circuit breaker, rate).
+//! - `plan`: next hops from the MX plan or a configured route; the site name.
 //! - `runtime`: the async driver — timers, DNS, dispatch within limits, graceful stop.
 //! - `connection`: one outbound connection carrying many messages.
 //! - `results`: outcomes recorded through the spool's group commit, events, retries, DSNs.
 //! - [`dsn`]: RFC 3464 delivery status notifications.
-//! - [`ids`]: compact in-memory ids so millions of queued messages fit in little memory.
+//! - `ids`: compact in-memory ids so millions of queued messages fit in little memory.
 
 pub mod dsn;
-pub mod ids;
-pub mod plan;
-pub mod scheduler;
-pub mod site;
+pub(crate) mod ids;
+pub(crate) mod plan;
+pub(crate) mod scheduler;
+pub(crate) mod site;
 
 mod connection;
 mod results;

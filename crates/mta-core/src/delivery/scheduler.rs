@@ -149,11 +149,6 @@ impl Scheduler {
         self.count(w, to, 1);
     }
 
-    /// Count `w` as newly present in `state` (without a timer), e.g. work that skips the scheduled queue.
-    pub fn enter(&mut self, w: &Work, state: State) {
-        self.count(w, state, 1);
-    }
-
     /// Count `w` as gone from `state` (delivered, bounced, or dropped).
     pub fn leave(&mut self, w: &Work, state: State) {
         self.count(w, state, -1);
@@ -219,11 +214,6 @@ impl Scheduler {
         held
     }
 
-    /// Whether work of this interned domain is held.
-    pub fn is_suspended(&self, domain: u32) -> bool {
-        self.suspended.contains(&domain)
-    }
-
     /// Remove held pairs older than `max_age_ms` at `now`; they are returned counted as [`State::Ready`]
     /// so the caller expires them like any other pair.
     pub fn take_expired_held(&mut self, now: u64, max_age_ms: u64) -> Vec<Work> {
@@ -278,11 +268,6 @@ impl Scheduler {
     pub fn shrink_to_fit(&mut self) {
         self.heap.shrink_to_fit();
         self.queues.shrink_to_fit();
-    }
-
-    /// Pairs with a timer.
-    pub fn scheduled_len(&self) -> usize {
-        self.heap.len()
     }
 }
 
