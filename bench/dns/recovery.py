@@ -195,8 +195,9 @@ def main():
         mb.EXAMPLES = a.bin_dir
     else:
         if not os.environ.get("MTA_BENCH_NO_BUILD"):
-            subprocess.run(["cargo", "build", "--release", "-p", "mta-server", "-p", "mta-core", "--bin", "mta-server", "--example",
-                            "bench_dns"], cwd=mb.ROOT, check=True)
+            # one command (same feature set for both packages); a target filter applies to every -p
+            subprocess.run(["cargo", "build", "--release", "-p", "mta-server", "-p", "mta-core",
+                            "--bin", "mta-server", "--example", "bench_dns"], cwd=mb.ROOT, check=True)
         snap = tempfile.mkdtemp(prefix="mta-bench-bin-")
         shutil.copy2(os.path.join(mb.ROOT, "target", "release", "mta-server"), snap)
         shutil.copy2(os.path.join(mb.ROOT, "target", "release", "examples", "bench_dns"), snap)
