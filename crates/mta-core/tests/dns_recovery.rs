@@ -70,6 +70,7 @@ async fn dns_names_recover_with_the_upstream_after_a_servfail_storm() {
     tokio::time::sleep_until((t0 + STORM).into()).await;
     f.proxy.heal();
     let healed = Instant::now();
+    let storm_packets = f.proxy.received();
     let mut storm_failures = 0;
     let mut late = Vec::new();
     let mut last = Duration::ZERO;
@@ -95,7 +96,11 @@ async fn dns_names_recover_with_the_upstream_after_a_servfail_storm() {
         late.len(),
         &late[..late.len().min(10)]
     );
-    eprintln!("last name resolved {last:?} after the heal; {storm_failures} failed lookups in all");
+    eprintln!(
+        "last name resolved {last:?} after the heal; {storm_failures} failed lookups in all; \
+         {storm_packets} packets during the storm, {} in all",
+        f.proxy.received()
+    );
 }
 
 /// One name always SERVFAILs while the upstream answers every other name: that is the name's

@@ -18,9 +18,11 @@
 //!   row with the last failure at least [`EXIT_QUIET`] old (few queries: during trouble the
 //!   retry budget lets ~1 retry a second through), or at most [`EXIT_FAILURE_RATIO`] failures
 //!   among at least [`EXIT_MIN_OUTCOMES`] outcomes of the last [`EXIT_SPAN`] (busy upstream,
-//!   where a few broken names always fail somewhere). A leave during a storm that goes on is
-//!   cheap: the window still holds the storm's failures, so the next failure enters again and
-//!   the memos it voided come back into force.
+//!   where a few broken names always fail somewhere). Leaving clears the window: a new trouble
+//!   needs new evidence, so a broken name failing just after the heal is that name's trouble.
+//!   A leave during a storm that goes on (possible only with few queries: two answers in a row)
+//!   costs a few first attempts until [`ENTER_MIN_NAMES`] names have failed again; memos not yet
+//!   voided then come back into force.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -94,6 +96,7 @@ impl Trouble {
             if self.since.is_some() && self.answering(now) {
                 self.since = None;
                 self.recovered_at = Some(now);
+                self.recent.clear();
                 return Some(Change::Recovered);
             }
         }
@@ -192,18 +195,41 @@ mod tests {
     }
 
     #[test]
-    fn a_leave_during_the_storm_is_undone_by_the_next_failure() {
+    fn a_leave_during_the_storm_is_undone_by_new_failures() {
         let mut t = Trouble::default();
         let t0 = Instant::now();
         for i in 0..21u64 {
             t.observe(t0 + ms(i * 10), i, i % 2 == 0);
         }
         assert!(t.in_trouble());
-        // a slow storm: two answers 1 s apart, then a failure again
+        // a slow storm: two answers 1 s apart, then failures again, across names
         assert_eq!(t.observe(t0 + ms(1200), 100, false), None);
         assert_eq!(t.observe(t0 + ms(2200), 101, false), Some(Change::Recovered));
-        assert_eq!(t.observe(t0 + ms(2300), 102, true), Some(Change::Entered));
+        let mut entered = None;
+        for i in 0..20u64 {
+            if t.observe(t0 + ms(2300 + i), 200 + i, i % 2 == 0) == Some(Change::Entered) {
+                entered = Some(i);
+                break;
+            }
+        }
+        assert_eq!(entered, Some(6), "fourth failing name");
         assert!(t.in_trouble() && !t.recovered_since(t0));
+    }
+
+    #[test]
+    fn a_broken_name_after_the_heal_is_the_names_trouble() {
+        let mut t = Trouble::default();
+        let t0 = Instant::now();
+        for i in 0..20u64 {
+            t.observe(t0 + ms(i * 10), i, true);
+        }
+        t.observe(t0 + ms(1500), 100, false);
+        assert_eq!(t.observe(t0 + ms(2000), 101, false), Some(Change::Recovered));
+        // the storm's failures are still recent, but they are not this name's evidence
+        for i in 0..10u64 {
+            assert_eq!(t.observe(t0 + ms(2100 + i * 100), 999, true), None);
+        }
+        assert!(!t.in_trouble());
     }
 
     #[test]
