@@ -213,6 +213,7 @@ mod tests {
             timeout_rate: rate,
             servfail_rate: 0.0,
             queries,
+            in_trouble: false,
         };
         let mut d = DnsWindow::default();
         d.push(t0, w, &[h(a, 900, 0.9, 100), h(b, 10, 0.0, 100)]);

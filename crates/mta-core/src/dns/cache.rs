@@ -222,6 +222,10 @@ pub(crate) struct Cache {
 
 /// RFC 9520: resolution failures are cached, with exponential backoff for persistent ones
 /// (`failure_memo`, x2 per consecutive failure, at most 5 minutes). A success resets it.
+///
+/// Only failures that are the name's escalate: one given by an upstream in trouble (failing
+/// across many names, `trouble.rs`) keeps the count it had. A single failure (`count == 1`) made
+/// before its upstream came out of trouble is void: the name is asked again as a first attempt.
 #[derive(Debug, Clone, Copy)]
 struct Failure {
     kind: TransientKind,
@@ -230,6 +234,25 @@ struct Failure {
     until: Instant,
     /// End of the record: until then a query for the name is a retry.
     forget_at: Instant,
+    /// The upstream that gave the failure (none: no packet left, our own caps), and when.
+    origin: Option<Origin>,
+}
+
+/// Where and when a transient failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// Index of the upstream in the pool.
+    pub upstream: usize,
+    /// When it answered with the failure.
+    pub at: Instant,
+}
+
+impl Failure {
+    /// A single failure given during a trouble its upstream has since recovered from (says
+    /// `recovered`): the upstream's failure, not the name's.
+    fn void(&self, recovered: impl Fn(Origin) -> bool) -> bool {
+        self.count <= 1 && self.origin.is_some_and(recovered)
+    }
 }
 
 impl Expiring for Failure {
@@ -265,20 +288,38 @@ impl Cache {
         self.entries.insert(key, entry, Instant::now());
     }
 
-    pub fn failure(&self, key: &Key, now: Instant) -> Memo {
+    /// What the memo says about `key`. `recovered(origin)`: the upstream of the failure has come
+    /// out of a trouble since (a void record is removed and the memo is clear).
+    pub fn failure(&self, key: &Key, now: Instant, recovered: impl Fn(Origin) -> bool) -> Memo {
         match self.failures.get(key, now) {
             None => Memo::Clear,
+            Some(f) if f.void(&recovered) => {
+                self.failures.remove(key);
+                Memo::Clear
+            }
             Some(f) if now < f.until => Memo::Failing(f.kind),
             Some(f) => Memo::Retry(f.kind),
         }
     }
 
-    pub fn remember_failure(&self, key: Key, kind: TransientKind) {
+    /// Remember a transient failure of `key` given by `upstream` (none: our own caps).
+    /// `escalate`: the failure is the name's (its upstream answers other names), so the memo
+    /// doubles; else it keeps the length it had (at least `failure_memo`).
+    pub fn remember_failure(
+        &self,
+        key: Key,
+        kind: TransientKind,
+        upstream: Option<usize>,
+        escalate: bool,
+        recovered: impl Fn(Origin) -> bool,
+    ) {
         let now = Instant::now();
-        let count = self.failures.get(&key, now).map_or(1, |f| f.count.saturating_add(1));
+        let prev = self.failures.get(&key, now).filter(|f| !f.void(recovered)).map_or(0, |f| f.count);
+        let count = if escalate { prev.saturating_add(1) } else { prev.max(1) };
         let memo = self.failure_memo.saturating_mul(1 << (count - 1).min(16)).min(MAX_FAILURE_MEMO);
         let until = now + memo;
-        self.failures.insert(key, Failure { kind, count, until, forget_at: until + MAX_FAILURE_MEMO }, now);
+        let origin = upstream.map(|upstream| Origin { upstream, at: now });
+        self.failures.insert(key, Failure { kind, count, until, forget_at: until + MAX_FAILURE_MEMO, origin }, now);
     }
 
     /// Entries currently held.
@@ -336,13 +377,63 @@ mod tests {
         let c = Cache::new(1000, Duration::from_millis(100));
         let k = key(1);
         let t0 = Instant::now();
-        assert_eq!(c.failure(&k, t0), Memo::Clear);
-        c.remember_failure(k.clone(), TransientKind::ServFail);
-        assert_eq!(c.failure(&k, Instant::now()), Memo::Failing(TransientKind::ServFail));
-        assert_eq!(c.failure(&k, t0 + Duration::from_millis(150)), Memo::Retry(TransientKind::ServFail));
-        c.remember_failure(k.clone(), TransientKind::ServFail); // second failure: 200 ms
-        assert_eq!(c.failure(&k, Instant::now() + Duration::from_millis(150)), Memo::Failing(TransientKind::ServFail));
+        assert_eq!(c.failure(&k, t0, never), Memo::Clear);
+        c.remember_failure(k.clone(), TransientKind::ServFail, Some(0), true, never);
+        assert_eq!(c.failure(&k, Instant::now(), never), Memo::Failing(TransientKind::ServFail));
+        assert_eq!(c.failure(&k, t0 + Duration::from_millis(150), never), Memo::Retry(TransientKind::ServFail));
+        c.remember_failure(k.clone(), TransientKind::ServFail, Some(0), true, never); // second failure: 200 ms
+        let later = Instant::now() + Duration::from_millis(150);
+        assert_eq!(c.failure(&k, later, never), Memo::Failing(TransientKind::ServFail));
         c.insert(k.clone(), entry(Duration::from_secs(1)));
-        assert_eq!(c.failure(&k, Instant::now()), Memo::Clear);
+        assert_eq!(c.failure(&k, Instant::now(), never), Memo::Clear);
+    }
+
+    fn never(_: Origin) -> bool {
+        false
+    }
+
+    fn always(_: Origin) -> bool {
+        true
+    }
+
+    #[test]
+    fn failures_in_upstream_trouble_do_not_escalate() {
+        let c = Cache::new(1000, Duration::from_millis(100));
+        let k = key(1);
+        for _ in 0..5 {
+            c.remember_failure(k.clone(), TransientKind::ServFail, Some(0), false, never);
+        }
+        // still the first memo's length: 100 ms, not 1.6 s
+        let later = Instant::now() + Duration::from_millis(150);
+        assert_eq!(c.failure(&k, later, never), Memo::Retry(TransientKind::ServFail));
+        // a name already backing off keeps its level (200 ms), neither reset nor doubled
+        let b = key(2);
+        c.remember_failure(b.clone(), TransientKind::ServFail, Some(0), true, never);
+        c.remember_failure(b.clone(), TransientKind::ServFail, Some(0), true, never);
+        c.remember_failure(b.clone(), TransientKind::ServFail, Some(0), false, never);
+        let t = Instant::now();
+        assert_eq!(c.failure(&b, t + Duration::from_millis(150), never), Memo::Failing(TransientKind::ServFail));
+        assert_eq!(c.failure(&b, t + Duration::from_millis(250), never), Memo::Retry(TransientKind::ServFail));
+    }
+
+    #[test]
+    fn single_failures_are_void_once_their_upstream_recovered() {
+        let c = Cache::new(1000, Duration::from_secs(60));
+        let (once, twice, ours) = (key(1), key(2), key(3));
+        c.remember_failure(once.clone(), TransientKind::ServFail, Some(0), false, never);
+        c.remember_failure(twice.clone(), TransientKind::ServFail, Some(0), true, never);
+        c.remember_failure(twice.clone(), TransientKind::ServFail, Some(0), true, never);
+        c.remember_failure(ours.clone(), TransientKind::Overloaded, None, true, never);
+        let now = Instant::now();
+        assert_eq!(c.failure(&once, now, never), Memo::Failing(TransientKind::ServFail));
+        assert_eq!(c.failure(&once, now, always), Memo::Clear, "the upstream's failure, void");
+        assert_eq!(c.failure(&once, now, never), Memo::Clear, "and gone");
+        assert_eq!(c.failure(&twice, now, always), Memo::Failing(TransientKind::ServFail), "the name's");
+        assert_eq!(c.failure(&ours, now, always), Memo::Failing(TransientKind::Overloaded), "no upstream");
+        // a void record does not count toward the next failure's escalation
+        c.remember_failure(once.clone(), TransientKind::ServFail, Some(0), false, never);
+        c.remember_failure(once.clone(), TransientKind::ServFail, Some(0), true, always);
+        let later = Instant::now() + Duration::from_secs(61);
+        assert_eq!(c.failure(&once, later, never), Memo::Retry(TransientKind::ServFail), "60 s memo, not 120 s");
     }
 }

@@ -50,7 +50,8 @@ pub struct DnsConfig {
     pub queue_capacity: usize,
     /// A transient failure of a (name, type) is remembered this long: callers asking again
     /// meanwhile get the stale answer or the failure at once, not a new query. Doubled for each
-    /// consecutive failure of the name, at most 5 minutes (RFC 9520); a success resets it.
+    /// consecutive failure of the name, at most 5 minutes (RFC 9520); a success resets it. Not
+    /// doubled while the upstream fails across many names (its trouble, not the name's).
     #[serde(with = "humantime_serde_compat")]
     pub failure_memo: Duration,
 }

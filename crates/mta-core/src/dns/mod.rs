@@ -11,6 +11,7 @@
 //! - `pool.rs`: lookup flow, coalescing, admission (semaphore, queue, token buckets), upstream
 //!   choice, retry budget.
 //! - `upstream.rs`: one upstream = one single-server hickory resolver + token bucket + health.
+//! - `trouble.rs`: is an upstream failing across many names (its trouble) or not (the name's)?
 //! - `mx.rs`: [`MxPlan`] (`resolve_mx`, RFC 5321 §5.1) and the loop guard `without_self`.
 //! - `stub.rs`: a loopback DNS server answering from this pool (for mail-auth).
 //! - `testing.rs` (feature `testing`): an in-process authoritative server and a fault-injecting
@@ -63,6 +64,19 @@
 //! failures are not cached as answers; a short memo (`failure_memo`, 2 s, doubled per
 //! consecutive failure up to 5 min, RFC 9520) makes callers asking again meanwhile get the
 //! failure (or a stale answer) without a new query; after it, the next query is a retry (above).
+//!
+//! **An upstream's trouble is not each name's trouble.** The memo doubles only for failures
+//! that are the name's: given while its upstream answers other names. Per upstream, a small
+//! detector (`trouble.rs`) watches the last 32 outcomes: failures from at least 4 distinct names
+//! making at least 40% of them put the upstream *in trouble*; two answers in a row with the last
+//! failure 1 s old (or ≤ 10% failures among ≥ 8 outcomes of the last 2 s) take it out. Failures
+//! given in trouble keep the memo at the level the name had (2 s for a name that was fine), so a
+//! storm does not escalate every name it touched; once the upstream answers again, single
+//! failures made before that moment are void and the next lookup is a first attempt. Measured
+//! before this: 200 domains queued during 15 s of 50% SERVFAIL, 16 still failing two minutes
+//! after the heal, from our own memo. Retries during the trouble still need budget tokens, so
+//! the budget's bound holds; its floor (1/s) is what shows the recovery.
+//!
 //! An entry is kept
 //! `serve_stale_for` past its expiry: when the refresh fails transiently (or takes longer than
 //! `query_timeout`) the stale answer is served (RFC 8767, `mta_dns_cache_total{result=stale}`).
@@ -100,6 +114,7 @@ mod records;
 mod stub;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trouble;
 mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -139,6 +154,9 @@ pub struct UpstreamHealth {
     pub servfail_rate: f64,
     /// Queries sent to it since start (each one a packet).
     pub queries: u64,
+    /// Failing across many names now (its trouble, not the names'): per-name back-off is
+    /// suspended until it answers again.
+    pub in_trouble: bool,
 }
 
 /// Counters of the pool, for tests and the debug API.
@@ -321,6 +339,7 @@ impl Resolver {
                     timeout_rate: h.timeout_rate,
                     servfail_rate: h.servfail_rate,
                     queries: u.queries.load(Ordering::Relaxed),
+                    in_trouble: u.in_trouble(),
                 }
             })
             .collect()

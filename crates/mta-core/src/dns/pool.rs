@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::cache::{Answer, Cache, Entry, Key, Memo};
+use super::cache::{Answer, Cache, Entry, Key, Memo, Origin};
 use super::config::DnsConfig;
 use super::error::{DnsError, TransientKind};
 use super::records::{MxRecord, Source, TxtRecord};
@@ -173,7 +173,7 @@ impl Inner {
             }
             None => Err(DnsError::transient(kind)),
         };
-        let retry_of = match self.cache.failure(&key, now) {
+        let retry_of = match self.cache.failure(&key, now, |o| self.recovered(o)) {
             Memo::Failing(kind) => return stale_or(stale, kind),
             Memo::Retry(kind) => Some(kind),
             Memo::Clear => None,
@@ -246,12 +246,16 @@ impl Inner {
         let first = retry_of.is_none();
         let task = tokio::spawn(async move {
             let _guard = InflightGuard { inner: inner.clone(), key: k.clone() };
-            let res = inner.resolve_upstream(&k, first).await;
+            let (res, upstream) = inner.resolve_upstream(&k, first).await;
             match &res {
                 Ok(entry) => inner.cache.insert(k, entry.clone()),
                 Err(e) => {
                     if let Some(kind) = e.transient_kind() {
-                        inner.cache.remember_failure(k, kind);
+                        // An upstream failing across many names says nothing about this one:
+                        // its back-off does not grow (DESIGN.md, "An upstream's trouble is not
+                        // each name's trouble").
+                        let troubled = upstream.and_then(|i| inner.upstreams.get(i)).is_some_and(|u| u.in_trouble());
+                        inner.cache.remember_failure(k, kind, upstream, !troubled, |o| inner.recovered(o));
                     }
                 }
             }
@@ -264,25 +268,39 @@ impl Inner {
         Ok(fut)
     }
 
+    /// The upstream of `origin` has come out of a trouble since that failure.
+    fn recovered(&self, origin: Origin) -> bool {
+        self.upstreams.get(origin.upstream).is_some_and(|u| u.recovered_since(origin.at))
+    }
+
     /// Ask upstreams until an answer, a permanent negative, the deadline or the retry budget.
     /// `first`: this fetch's first query is a first attempt (it funds the retry budget); else
-    /// it is a retry whose token the caller took.
-    async fn resolve_upstream(&self, key: &Key, first: bool) -> Result<Arc<Entry>, DnsError> {
+    /// it is a retry whose token the caller took. Also returns the upstream that sent the last
+    /// reply (none if no packet left), to whom a failure is attributed.
+    async fn resolve_upstream(&self, key: &Key, first: bool) -> (Result<Arc<Entry>, DnsError>, Option<usize>) {
         let deadline = Instant::now() + self.cfg.lookup_timeout;
-        let name = Name::from_ascii(&*key.0).map_err(|e| DnsError::InvalidName(e.to_string()))?;
+        let name = match Name::from_ascii(&*key.0) {
+            Ok(n) => n,
+            Err(e) => return (Err(DnsError::InvalidName(e.to_string())), None),
+        };
         if first {
             self.retry_budget.lock().deposit(self.cfg.retry_budget_ratio, Instant::now());
         }
         let mut tried: Vec<usize> = Vec::new();
+        let mut last = None;
         loop {
             let (idx, reply) = self.attempt(&tried, &name, key.1, deadline).await;
             let kind = match reply {
-                Reply::Answer(lookup) => return Ok(self.positive_entry(key.1, &lookup)),
-                Reply::Negative { nxdomain, ttl } => return Ok(self.negative_entry(nxdomain, ttl)),
+                Reply::Answer(lookup) => return (Ok(self.positive_entry(key.1, &lookup)), Some(idx)),
+                Reply::Negative { nxdomain, ttl } => return (Ok(self.negative_entry(nxdomain, ttl)), Some(idx)),
                 Reply::Failed(kind) => kind,
             };
-            if kind == TransientKind::Overloaded || Instant::now() >= deadline {
-                return Err(DnsError::transient(kind));
+            if kind == TransientKind::Overloaded {
+                return (Err(DnsError::transient(kind)), last);
+            }
+            last = Some(idx);
+            if Instant::now() >= deadline {
+                return (Err(DnsError::transient(kind)), last);
             }
             if !tried.contains(&idx) {
                 tried.push(idx);
@@ -295,11 +313,11 @@ impl Inner {
             // budget then goes to the names callers want, not to names asked once.
             let answered_failure = matches!(kind, TransientKind::ServFail | TransientKind::Refused);
             if answered_failure && tried.len() >= self.upstreams.len() {
-                return Err(DnsError::transient(kind));
+                return (Err(DnsError::transient(kind)), last);
             }
             if !self.retry_budget.lock().take(Instant::now()) {
                 counter!("mta_dns_retry_budget_exhausted_total").increment(1);
-                return Err(DnsError::transient(kind));
+                return (Err(DnsError::transient(kind)), last);
             }
             self.retries.fetch_add(1, Ordering::Relaxed);
             counter!("mta_dns_retries_total").increment(1);
@@ -417,7 +435,9 @@ impl Inner {
             Reply::Failed(k) => Some(*k),
             _ => None,
         };
-        up.health.lock().observe(Instant::now(), rtt, outcome, self.cfg.query_timeout);
+        let now = Instant::now();
+        up.health.lock().observe(now, rtt, outcome, self.cfg.query_timeout);
+        up.note_outcome(now, name_hash(name), outcome.is_some());
         reply
     }
 
@@ -495,6 +515,13 @@ impl Inner {
             None => self.negative_entry(false, None),
         }
     }
+}
+
+/// A hash of a query name for the trouble detector's count of distinct failing names. Fixed
+/// keys: only equality within one process matters, and names are normalized (lowercase) first.
+fn name_hash(n: &Name) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(n)
 }
 
 /// Lowercase, no trailing dot; the root is ".".

@@ -9,7 +9,7 @@
 //! let resolver = Resolver::new(DnsConfig { nameservers: vec![proxy.addr()], ..Default::default() })?;
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -287,6 +287,8 @@ struct ProxyState {
     limiter: Mutex<Option<(Instant, u32)>>,
     window: Mutex<(VecDeque<Instant>, usize)>,
     per_name: Mutex<HashMap<String, u64>>,
+    /// Query names (lowercase FQDN) always answered SERVFAIL: a broken domain among healthy ones.
+    servfail_names: Mutex<HashSet<String>>,
 }
 
 /// A UDP proxy in front of a DNS server, injecting faults and counting every packet received
@@ -340,6 +342,12 @@ impl FaultyProxy {
         self.state.servfail_ppm.store(ppm(r), Ordering::Relaxed);
     }
 
+    /// Always answer SERVFAIL for these query names (any type), whatever the other faults; an
+    /// empty list turns it off. A broken domain, as opposed to a failing upstream.
+    pub fn set_servfail_names(&self, names: &[&str]) {
+        *self.state.servfail_names.lock() = names.iter().map(|n| fqdn(n).to_ascii().to_ascii_lowercase()).collect();
+    }
+
     /// Drop this fraction of queries (0..1), at random.
     pub fn set_drop_ratio(&self, r: f64) {
         self.state.drop_ppm.store(ppm(r), Ordering::Relaxed);
@@ -357,6 +365,7 @@ impl FaultyProxy {
         self.set_servfail_ratio(0.0);
         self.set_drop_ratio(0.0);
         self.set_rate_limit(0, OverLimit::Drop);
+        self.set_servfail_names(&[]);
     }
 
     /// Packets received since start (or the last `reset_counts`).
@@ -427,8 +436,11 @@ impl ProxyState {
 
     async fn handle(&self, packet: Vec<u8>, peer: SocketAddr, sock: Arc<UdpSocket>, upstream: SocketAddr) {
         let msg = Message::from_vec(&packet).ok();
+        let mut broken_name = false;
         if let Some(q) = msg.as_ref().and_then(|m| m.queries.first()) {
-            *self.per_name.lock().entry(q.name().to_ascii().to_ascii_lowercase()).or_default() += 1;
+            let name = q.name().to_ascii().to_ascii_lowercase();
+            broken_name = self.servfail_names.lock().contains(&name);
+            *self.per_name.lock().entry(name).or_default() += 1;
         }
         let delay = Duration::from_micros(self.delay_us.load(Ordering::Relaxed));
         if !delay.is_zero() {
@@ -456,7 +468,7 @@ impl ProxyState {
             return;
         }
         let roll = rand::rng().random_range(0..1_000_000u32);
-        if roll < self.servfail_ppm.load(Ordering::Relaxed) {
+        if broken_name || roll < self.servfail_ppm.load(Ordering::Relaxed) {
             if let Some(b) = error_reply(ResponseCode::ServFail) {
                 let _ = sock.send_to(&b, peer).await;
             }

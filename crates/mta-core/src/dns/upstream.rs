@@ -16,10 +16,12 @@ use hickory_resolver::net::udp::UdpClientStream;
 use hickory_resolver::net::xfer::DnsExchange;
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError, NoRecords};
 use hickory_resolver::{ConnectionProvider, PoolContext};
+use metrics::{counter, gauge};
 use parking_lot::Mutex;
 
 use super::config::DnsConfig;
 use super::error::{DnsError, TransientKind};
+use super::trouble::{Change, Trouble};
 
 /// hickory's connection provider, except that a UDP exchange sends its query ONCE.
 ///
@@ -253,6 +255,8 @@ pub(crate) struct Upstream {
     pub engine: Engine,
     pub bucket: Mutex<TokenBucket>,
     pub health: Mutex<Health>,
+    /// Failing across many names now? Decides whether a failure is the name's or ours.
+    trouble: Mutex<Trouble>,
     pub queries: AtomicU64,
 }
 
@@ -264,11 +268,39 @@ impl Upstream {
             engine: engine_for(addr, cfg)?,
             bucket: Mutex::new(TokenBucket::new(cfg.max_qps_per_upstream)),
             health: Mutex::new(Health { srtt: 0.001, timeout_rate: 0.0, servfail_rate: 0.0, last: Instant::now() }),
+            trouble: Mutex::new(Trouble::default()),
             queries: AtomicU64::new(0),
         })
     }
 
     pub fn count_query(&self) {
         self.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Feed the outcome of one packet for query name `name` (hashed) to the trouble detector.
+    pub fn note_outcome(&self, now: Instant, name: u64, failed: bool) {
+        let change = self.trouble.lock().observe(now, name, failed);
+        match change {
+            Some(Change::Entered) => {
+                counter!("mta_dns_upstream_trouble_total", "upstream" => self.label.clone()).increment(1);
+                gauge!("mta_dns_upstream_in_trouble", "upstream" => self.label.clone()).set(1.0);
+                tracing::warn!(upstream = %self.addr, "DNS upstream failing across many names; per-name back-off suspended");
+            }
+            Some(Change::Recovered) => {
+                gauge!("mta_dns_upstream_in_trouble", "upstream" => self.label.clone()).set(0.0);
+                tracing::info!(upstream = %self.addr, "DNS upstream answering again; names failed in its trouble are retried");
+            }
+            None => {}
+        }
+    }
+
+    /// Failing across many names now: a failure from it says nothing about the name.
+    pub fn in_trouble(&self) -> bool {
+        self.trouble.lock().in_trouble()
+    }
+
+    /// Answering now, after a trouble that ended after `at` (see `Trouble::recovered_since`).
+    pub fn recovered_since(&self, at: Instant) -> bool {
+        self.trouble.lock().recovered_since(at)
     }
 }
