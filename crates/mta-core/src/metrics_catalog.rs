@@ -58,6 +58,8 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_dns_refreshes_total", kind: MetricKind::Counter, unit: None, help: "Background refreshes of popular cache entries before they expire." },
     MetricDoc { name: "mta_dns_retries_total", kind: MetricKind::Counter, unit: None, help: "Queries re-sent after a failure (spent from the retry budget)." },
     MetricDoc { name: "mta_dns_retry_budget_exhausted_total", kind: MetricKind::Counter, unit: None, help: "Retries not sent because the retry budget was spent." },
+    MetricDoc { name: "mta_dns_upstream_in_trouble", kind: MetricKind::Gauge, unit: None, help: "1 while a DNS upstream fails across many names at once (per-name back-off suspended), by upstream." },
+    MetricDoc { name: "mta_dns_upstream_trouble_total", kind: MetricKind::Counter, unit: None, help: "Times a DNS upstream entered upstream-wide trouble, by upstream." },
     MetricDoc { name: "mta_dsn_generated_total", kind: MetricKind::Counter, unit: None, help: "Delivery status notifications (bounces) generated." },
     MetricDoc { name: "mta_http_backpressure_refusals_total", kind: MetricKind::Counter, unit: None, help: "HTTP injections refused with 503 by back-pressure." },
     MetricDoc { name: "mta_http_idempotent_replays_total", kind: MetricKind::Counter, unit: None, help: "HTTP injections answered from a stored Idempotency-Key result." },
