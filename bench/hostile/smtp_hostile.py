@@ -271,6 +271,7 @@ async def big_client(port, msg, res, abort, deadline):
     r = {"i": msg.i, "state": "start", "id": None, "reply": None}
     res.append(r)
     writer = None
+    t_start = time.time()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
         writer.transport.set_write_buffer_limits(high=1 << 20)
@@ -278,12 +279,17 @@ async def big_client(port, msg, res, abort, deadline):
         if not g.startswith("220"):
             r.update(state="refused", reply=g.strip())
             return
-        await command(reader, writer, "EHLO big.bench.test")
-        for line in (f"MAIL FROM:<{msg.sender}> SIZE={msg.size}", f"RCPT TO:<{msg.rcpt}>", "DATA"):
+        t_conn = time.time()
+        r["greet_s"] = t_conn - t_start
+        for line in ("EHLO big.bench.test", f"MAIL FROM:<{msg.sender}> SIZE={msg.size}", f"RCPT TO:<{msg.rcpt}>",
+                     "DATA"):
+            r["stage"] = line.split()[0]
             rep = await command(reader, writer, line)
             if not rep.startswith(("250", "354")):
-                r.update(state="refused", reply=rep.strip())
+                r.update(state="refused", reply=f"{rep.strip()} (to {r['stage']}, {time.time() - t_conn:.1f} s "
+                                                 f"after the greeting)")
                 return
+        r["cmds_s"] = time.time() - t_conn
         r["state"] = "data"
         for chunk in msg.chunks():
             if abort.reason or time.time() > deadline:
@@ -456,6 +462,7 @@ def phase_a(a, corpus):
             time.sleep(0.1)
         sampler.base_kb = sorted(base)[len(base) // 2]
         cpu0 = server.cpu_seconds()
+        client_cpu0 = time.process_time()
         sampler.start()
         t0 = time.time()
         big, slow, t_big = loop.run_until_complete(run_memory(a, server, sampler, abort, corpus))
@@ -463,6 +470,7 @@ def phase_a(a, corpus):
         time.sleep(1.0)
         sampler.stop()
         cpu = server.cpu_seconds() - cpu0
+        client_cpu = time.process_time() - client_cpu0
         load = mb.loadavg()
         t_stop = time.time()
         server.stop()
@@ -494,11 +502,15 @@ def phase_a(a, corpus):
         "growth_mib": (peak_kb - sampler.base_kb) / 1024, "peak_at": peak_t - t0,
         "rss_samples": len(sampler.rss), "big": states_big, "slow": states_slow, "slow_replies": slow_replies,
         "acked": sum(1 for r in big if r.get("state") == "acked"), "acked_mib": acked_bytes / (1 << 20),
-        "t_big": t_big, "wall": wall, "cpu": cpu, "load": load, "abort": abort.reason, "verify": ver,
+        "t_big": t_big, "wall": wall, "cpu": cpu, "client_cpu": client_cpu, "load": load, "abort": abort.reason, "verify": ver,
         "stop_secs": stop_secs, "exit": exit_code, "lag_n": len(lag), "lag_max": max(lag) if lag else float("nan"),
         "lag_p99": pct(lag, 0.99), "lag_p50": pct(lag, 0.5), "scrape_errors": sampler.scrape_errors,
         "min_avail_mib": (sampler.min_avail_seen or 0) / 1024,
         "refusals": [r["reply"] for r in big if r["state"] in ("refused", "rejected")][:3],
+        "greet_p50": pct([r["greet_s"] for r in big if "greet_s" in r], 0.5),
+        "greet_max": max([r["greet_s"] for r in big if "greet_s" in r], default=float("nan")),
+        "cmds_p50": pct([r["cmds_s"] for r in big if "cmds_s" in r], 0.5),
+        "cmds_max": max([r["cmds_s"] for r in big if "cmds_s" in r], default=float("nan")),
     }
 
 
@@ -667,12 +679,12 @@ def phase_c(a):
         open_end = [t_end - c["t0"] for c in served if not c["closed"]]
         said = {}
         for c in closed:
-            code = (c["said"].strip().splitlines() or ["(no reply)"])[-1][:34]
+            code = (c["said"].strip().splitlines() or ["(no reply)"])[-1][:48]
             said[code] = said.get(code, 0) + 1
         refused = {}
         for c in cs:
             if not (c["greeting"] or "").startswith("220"):
-                key = (c["greeting"] or "(none)")[:34]
+                key = (c["greeting"] or "(none)")[:48]
                 refused[key] = refused.get(key, 0) + 1
         rows[kind] = {
             "conns": len(cs), "served": len(served), "closed": len(closed),
@@ -765,6 +777,8 @@ def main():
         print(f"| big clients | {fmt_counts(r['big'])} | all acked |")
         print(f"| acknowledged | {r['acked']} messages, {r['acked_mib']:.0f} MiB in {r['t_big']:.1f} s "
               f"({r['acked_mib'] / max(r['t_big'], 1e-9):.1f} MiB/s) | |")
+        print(f"| big clients: connect→220 p50 / max, 220→354 p50 / max | {r['greet_p50']:.1f} / {r['greet_max']:.1f} s, "
+              f"{r['cmds_p50']:.1f} / {r['cmds_max']:.1f} s | |")
         if r["refusals"]:
             print(f"| first refusals | {'; '.join(x or '' for x in r['refusals'])[:200]} | |")
         print(f"| slow droppers | {fmt_counts(r['slow'])} | |")
@@ -786,7 +800,7 @@ def main():
               f"{r['lag_max']:.1f} ms | p99 < 100 ms ({lag_verdict}) |")
         if r["scrape_errors"]:
             print(f"| /metrics scrapes failed | {r['scrape_errors']} | |")
-        print(f"| server CPU | {r['cpu']:.1f} s over {r['wall']:.1f} s | |")
+        print(f"| server CPU / this client's CPU | {r['cpu']:.1f} s / {r['client_cpu']:.1f} s over {r['wall']:.1f} s | |")
         print(f"| machine MemAvailable, lowest | {r['min_avail_mib']:.0f} MiB | |")
         print(f"| load average (1 min) at the end | {r['load']:.2f} | |")
         if r["abort"]:
@@ -805,7 +819,7 @@ def main():
         ok = sum(1 for x in c["legit"] if x["ok"])
         print(f"\nLegitimate client (127.0.0.1) during the flood: **{ok} / {len(c['legit'])}** got 220 and "
               f"`250 queued` within 5 s; server CPU {c['cpu']:.1f} s, load {c['load']:.2f}\n")
-        print("| attempt | at | 220 after | 250 queued after | result |")
+        print("| attempt | at | greeting after | 250 queued after | result |")
         print("|---|---|---|---|---|")
         t_first = c["legit"][0]["t0"] if c["legit"] else 0
         for x in c["legit"]:

@@ -165,6 +165,21 @@ fn nmap_open_relay(port: u16) -> String {
     text
 }
 
+/// One (possibly multi-line) reply; what was read so far on EOF or timeout.
+fn reply(reader: &mut BufReader<TcpStream>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return all,
+            Ok(_) => all.push_str(&line),
+        }
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return all;
+        }
+    }
+}
+
 /// What a would-be relayer gets through `addr`: the greeting, and (only after a `220`) the reply to
 /// `RCPT TO:<victim@elsewhere.test>`.
 fn try_relay(addr: SocketAddr) -> (String, Option<String>) {
@@ -172,19 +187,6 @@ fn try_relay(addr: SocketAddr) -> (String, Option<String>) {
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
-    let mut reply = |reader: &mut BufReader<TcpStream>| {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return all,
-                Ok(_) => all.push_str(&line),
-            }
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    };
     let greeting = reply(&mut reader);
     if !greeting.starts_with("220") {
         return (greeting, None);
