@@ -153,7 +153,8 @@ def free_port():
 class Server:
     """The release binary on fresh ports and a fresh spool (or a given directory)."""
 
-    def __init__(self, extra="", directory=None, strace=None, wait=True, spool_extra="", ready_timeout=30):
+    def __init__(self, extra="", directory=None, strace=None, wait=True, spool_extra="", ready_timeout=30,
+                 smtp_extra=""):
         self.dir = directory or tempfile.mkdtemp(prefix="mta-bench-")
         self.smtp = free_port()
         self.http = free_port()
@@ -161,7 +162,9 @@ class Server:
         with open(cfg, "w") as f:
             f.write(
                 f'[server]\nhostname = "bench.test"\nnode_id = "bench"\n'
-                f'[smtp]\nlisten = ["127.0.0.1:{self.smtp}"]\nmax_connections_per_ip = 10000\n'
+                f'[smtp]\nlisten = ["127.0.0.1:{self.smtp}"]\n'
+                + ("" if "max_connections_per_ip" in smtp_extra else "max_connections_per_ip = 10000\n")
+                + f'{smtp_extra}\n'
                 f'[http]\nlisten = "127.0.0.1:{self.http}"\n'
                 f'[spool]\npath = "{self.dir}/spool"\n{spool_extra}\n[log]\nevents = "{self.dir}/events.jsonl"\n{extra}\n'
             )
