@@ -21,6 +21,11 @@ def build(examples=False):
     that other builds in the shared target directory cannot swap them mid-run. `MTA_BENCH_NO_BUILD=1` skips the
     build and uses what target/release holds."""
     global BIN, EXAMPLES
+    if os.environ.get("MTA_BENCH_BIN"):
+        # A given binary (e.g. an older commit's, for before/after comparisons in the same run).
+        BIN = os.environ["MTA_BENCH_BIN"]
+        EXAMPLES = os.path.dirname(BIN)
+        return
     if not os.environ.get("MTA_BENCH_NO_BUILD"):
         subprocess.run(["cargo", "build", "--release", "-p", "mta-server"], cwd=ROOT, check=True)
         if examples:

@@ -143,3 +143,21 @@ async fn a_full_listener_evicts_its_longest_idle_session_for_a_newcomer() {
     busy.cmd("NOOP", "250").await;
     assert_eq!(handler.queued().len(), 1);
 }
+
+#[tokio::test]
+async fn clients_that_never_spoke_are_evicted_before_one_that_did() {
+    let limits = Arc::new(ConnectionLimits::new(2, 10));
+    let options = ListenerOptions::new(ListenerMode::Smtp);
+    let (addr, _handler, _stop) = listen(options, config(), Arc::clone(&limits)).await;
+    // The real client came first and has waited longest, but it has spoken.
+    let mut real = connect(addr).await;
+    real.expect("220").await;
+    real.cmd("EHLO real", "250").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut silent = connect(addr).await;
+    silent.expect("220").await;
+    let mut newcomer = connect(addr).await;
+    newcomer.expect("220").await;
+    silent.expect("421 4.7.0").await;
+    real.cmd("MAIL FROM:<a@b.example>", "250").await;
+}

@@ -5,9 +5,10 @@
 //! proxies (anyone else is refused and logged: a header from an arbitrary client would let it claim an address
 //! in the relay networks). Everything downstream (relay rules, per-IP caps, SPF, logs) sees that one address.
 //!
-//! When every connection slot is taken, a newcomer may take the slot of the session that has waited longest
-//! for a command (it gets `421 4.7.0` and is closed): clients that connect and say nothing cannot lock out the
-//! ones that send mail.
+//! When every connection slot is taken, a newcomer may take the slot of an idle session (it gets `421 4.7.0`
+//! and is closed): first those that never sent a whole command, longest-waiting first, so clients that connect
+//! and say nothing (or trickle) cannot lock out the ones that send mail, and churn among them does not evict
+//! a real client between two of its commands.
 
 use super::config::SessionConfig;
 use super::handler::{Handler, ListenerMode};
@@ -68,8 +69,10 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Sessions waiting for a command, oldest first: (since, session number) → its eviction signal.
-    idle: Mutex<BTreeMap<(Instant, u64), Arc<Notify>>>,
+    /// Sessions waiting for a command, in eviction order: (has spoken, since, session number) → its eviction
+    /// signal. Sessions that never sent a whole command (silent or trickling clients) go first, oldest first;
+    /// a client that has spoken is closed only when no such session is left.
+    idle: Mutex<BTreeMap<(bool, Instant, u64), Arc<Notify>>>,
     next_session: AtomicU64,
 }
 
@@ -92,6 +95,7 @@ impl ConnectionLimits {
             limits: Arc::clone(self),
             number: self.next_session.fetch_add(1, Ordering::Relaxed),
             since: None,
+            spoke: false,
             evict: Arc::new(Notify::new()),
         }
     }
@@ -101,7 +105,8 @@ impl ConnectionLimits {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Asks the session that has waited longest for a command to close; `false` when none is waiting.
+    /// Asks an idle session to close (the longest-waiting of those that never sent a whole command, else the
+    /// longest-waiting of all); `false` when none is waiting.
     pub fn evict_oldest_idle(&self) -> bool {
         let oldest = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop_first();
         match oldest {
@@ -142,6 +147,8 @@ pub struct IdleSlot {
     number: u64,
     /// When the current wait began (the key in the idle set), `None` while busy.
     since: Option<Instant>,
+    /// The client has sent at least one whole command.
+    spoke: bool,
     evict: Arc<Notify>,
 }
 
@@ -154,13 +161,18 @@ impl IdleSlot {
         let now = Instant::now();
         self.since = Some(now);
         let mut idle = self.limits.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.insert((now, self.number), Arc::clone(&self.evict));
+        idle.insert((self.spoke, now, self.number), Arc::clone(&self.evict));
+    }
+
+    /// The client sent a whole command: from now on it is evicted only after those that never did.
+    pub fn set_spoke(&mut self) {
+        self.spoke = true;
     }
 
     /// The session got a command and works on it.
     pub fn set_busy(&mut self) {
         if let Some(since) = self.since.take() {
-            self.limits.idle.lock().unwrap_or_else(|e| e.into_inner()).remove(&(since, self.number));
+            self.limits.idle.lock().unwrap_or_else(|e| e.into_inner()).remove(&(self.spoke, since, self.number));
         }
     }
 

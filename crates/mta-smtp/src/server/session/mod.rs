@@ -181,7 +181,12 @@ where
                 }
                 let flow = match event {
                     LineEvent::TooLong => self.error(Reply::fixed(500, 5, 5, 2, "Error: line too long")),
-                    LineEvent::Line(line) => self.command(&line).await?,
+                    LineEvent::Line(line) => {
+                        if let Some(slot) = self.idle.as_mut() {
+                            slot.set_spoke();
+                        }
+                        self.command(&line).await?
+                    }
                 };
                 if flow == Flow::Close {
                     return Ok(());

@@ -19,11 +19,23 @@ pub(super) struct Incoming<C> {
     hops: HopCounter,
     /// The sink refused the content: its reply is sent at the end; nothing more is written.
     refused: Option<Reply>,
+    /// Content octets handled since this task last yielded.
+    since_yield: usize,
 }
+
+/// Content octets a session handles before it lets other tasks run.
+const YIELD_EVERY: usize = 64 << 10;
 
 impl<C: ContentSink> Incoming<C> {
     /// Hands the receiver's new content to the sink (and the hop counter).
     async fn forward(&mut self, chunk: Bytes) {
+        self.since_yield += chunk.len();
+        if self.since_yield >= YIELD_EVERY {
+            // A client streaming fast never makes the read wait; give the other sessions (and the timers) their
+            // turn so hundreds of large uploads cannot stall the event loop.
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         if chunk.is_empty() || self.refused.is_some() {
             return;
         }
@@ -70,7 +82,7 @@ where
             Ok(content) => content,
             Err(reply) => return Ok(self.reply(&reply)),
         };
-        let mut incoming = Incoming { txn, content, hops: HopCounter::new(), refused: None };
+        let mut incoming = Incoming { txn, content, hops: HopCounter::new(), refused: None, since_yield: 0 };
         self.reply(&Reply::basic(354, "End data with <CR><LF>.<CR><LF>"));
         let mut receiver = DataReceiver::new(self.config.max_line, self.config.max_message_size);
         let started = Instant::now();
@@ -116,7 +128,7 @@ where
         let (mut incoming, mut receiver) = match std::mem::replace(&mut self.state, State::Greeted) {
             State::Mail(txn) => match self.handler.begin_content(&self.info, &envelope(&txn)).await {
                 Ok(content) => (
-                    Incoming { txn, content, hops: HopCounter::new(), refused: None },
+                    Incoming { txn, content, hops: HopCounter::new(), refused: None, since_yield: 0 },
                     BdatReceiver::new(self.config.max_line, self.config.max_message_size),
                 ),
                 Err(reply) => {
