@@ -9,7 +9,8 @@
 //! - health: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
 //!   reasons and `Retry-After`) and `GET /api/v1/health` (every signal with its value and marks) are here.
 //! - [`auth`]: bearer keys, loopback rule, trusted proxies; [`ratelimit`]: per-key token buckets.
-//! - [`error`]: `ApiError` and its JSON form; [`listener`]: the TLS accept loop.
+//! - [`error`]: `ApiError` and its JSON form; [`listener`]: the accept loops (plain and TLS), where peer
+//!   addresses are made canonical (an IPv4-mapped IPv6 peer is its IPv4 address from there on).
 //! - [`client`]: the `mta-server queue` command (a client of the admin API).
 //! - `openapi.json`: the OpenAPI 3 document served at `/api/v1/openapi.json`.
 
@@ -359,10 +360,9 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
     let tls = state.inner.tls.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = match tls {
+        // `tap_io` (a no-op here) is what gives a custom listener axum's `ConnectInfo<SocketAddr>`.
         None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            let listener = listener::TcpAccept::new(listener).tap_io(|_| {});
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
         Some(acceptor) => match listener::TlsListener::new(listener, acceptor) {
