@@ -3,8 +3,10 @@
 //! # Layout
 //! - this file: [`ROUTES`] (the one list the router is built from and the OpenAPI test checks), the router,
 //!   the auth/rate-limit and metrics middleware, [`serve`] (HTTP/1.1 and HTTP/2, plain or TLS).
-//! - [`inject`]: `POST /api/v1/messages`; [`content`]: raw and structured content to message bytes;
-//!   [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
+//! - [`inject`]: `POST /api/v1/messages`; [`body`]: reading request bodies under the size cap and the
+//!   process-wide body memory budget; [`request`]: the inject body parsed and checked; [`json_text`]: raw
+//!   content decoded from its JSON string straight into message bytes; [`content`]: structured content to
+//!   MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`debug`]: `PUT /api/v1/debug/faults`.
 //! - health: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
 //!   reasons and `Retry-After`) and `GET /api/v1/health` (every signal with its value and marks) are here.
@@ -15,15 +17,18 @@
 //! - `openapi.json`: the OpenAPI 3 document served at `/api/v1/openapi.json`.
 
 mod auth;
+mod body;
 pub mod client;
 mod content;
 mod debug;
 mod error;
 mod idempotency;
 mod inject;
+mod json_text;
 mod listener;
 mod queue;
 mod ratelimit;
+mod request;
 mod status;
 
 use std::future::Future;
@@ -117,6 +122,12 @@ struct Inner {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Largest request body: room for a maximal message with JSON escaping.
     max_body: usize,
+    /// Memory for request bodies in flight (`http.max_body_memory`).
+    bodies: body::BodyBudget,
+    /// Large bodies parsed at once on the blocking pool: one per CPU (more would only share the CPUs).
+    parsers: tokio::sync::Semaphore,
+    /// Longest wait for a parse slot (`http.body_memory_wait`).
+    parse_wait: std::time::Duration,
     fault_injection: bool,
     faults: Faults,
     /// Set at graceful stop: new injections get `503` while the ones in flight finish.
@@ -155,12 +166,16 @@ impl HttpState {
         let max_body = usize::try_from(config.smtp.max_message_size.saturating_mul(2).saturating_add(64 << 10))
             .unwrap_or(usize::MAX);
         let idempotency = Arc::new(Idempotency::new(engine.spool().clone()));
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         let inner = Inner {
             auth: Auth::new(&http.api_keys, &http.trusted_proxies)?,
             limiter: RateLimiter::new(http.rate_limit_per_key),
             idempotency,
             tls,
             max_body,
+            bodies: body::BodyBudget::new(http.max_body_memory, http.body_memory_wait.get()),
+            parsers: tokio::sync::Semaphore::new(cpus),
+            parse_wait: http.body_memory_wait.get(),
             fault_injection: config.debug.fault_injection,
             faults: Faults::default(),
             draining: AtomicBool::new(false),
@@ -281,6 +296,7 @@ fn status_label(status: StatusCode) -> &'static str {
         403 => "403",
         404 => "404",
         405 => "405",
+        408 => "408",
         409 => "409",
         413 => "413",
         415 => "415",
@@ -353,6 +369,8 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
         shutdown.await;
         let inner = &drain_state.inner;
         inner.draining.store(true, Ordering::SeqCst);
+        // Requests waiting for body memory get their `503` now rather than at the end of their wait.
+        inner.bodies.close();
         while inner.injecting.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
