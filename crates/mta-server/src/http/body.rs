@@ -6,7 +6,8 @@
 //! - The budget ([`BodyBudget`], `http.max_body_memory`): every body is charged [`AMPLIFICATION`] times its
 //!   size before it is read (by its `Content-Length`; a chunked body in growing steps as it arrives), and the
 //!   charge is given back when the request's memory is gone (the [`Charge`] is dropped after the engine
-//!   answered). Waiting for the budget is bounded by `http.body_memory_wait`, then `503` + `Retry-After`. One
+//!   answered). Waiting for the budget is bounded by `http.body_memory_wait`, then
+//!   `503 body_memory_exhausted` + `Retry-After`. One
 //!   body's charge is capped at the whole budget, so the largest allowed request can still run alone.
 //! - Slow bodies: each piece must come within [`IDLE_TIMEOUT`], the whole body within [`BODY_TIMEOUT_BASE`]
 //!   plus one second per MiB, then `408`; a trickling client cannot hold its share of the budget for long.
@@ -82,7 +83,7 @@ impl BodyBudget {
             Err(_) => {
                 metrics::counter!("mta_http_body_memory_refusals_total").increment(1);
                 Err(ApiError::unavailable(
-                    "overloaded",
+                    "body_memory_exhausted",
                     "too many large requests are in flight (request body memory budget); retry later",
                     RETRY_AFTER_SECS,
                 ))
@@ -248,7 +249,10 @@ mod tests {
         let (_bytes, held) = budget.read(Body::from(vec![b'x'; 2 * MIB]), 8 * MIB).await.unwrap();
         assert_eq!(budget.permits.available_permits(), 0);
         let e = budget.read(Body::from(vec![b'x'; 100]), 8 * MIB).await.unwrap_err();
-        assert_eq!((e.status, e.code, e.retry_after), (StatusCode::SERVICE_UNAVAILABLE, "overloaded", Some(2)));
+        assert_eq!(
+            (e.status, e.code, e.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "body_memory_exhausted", Some(2))
+        );
         drop(held);
         let (bytes, _charge) = budget.read(Body::from(vec![b'x'; 3 * MIB]), 8 * MIB).await.unwrap();
         assert_eq!(bytes.len(), 3 * MIB);

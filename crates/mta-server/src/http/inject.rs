@@ -1,16 +1,18 @@
 //! `POST /api/v1/messages`: check everything, then inject through the engine (same reception processing and
 //! group commit as SMTP) and answer `202 {"id", "recipients"}` once the message is durable.
 //!
-//! Order of checks, all before the spool is touched: accepting and back-pressure (`503` + `Retry-After`),
-//! `Content-Type: application/json` (`415`), announced body size (`413`, before a byte of the body is read),
-//! `Idempotency-Key` form (`400`), then the body is read under the request body memory budget ([`super::body`]:
+//! Order of checks, all before the spool is touched: announced body size (`413`, before a byte of the body is
+//! read, and before anything that could say "retry": such a request can never succeed), accepting and
+//! back-pressure (`503` + `Retry-After`), `Content-Type: application/json` (`415`), `Idempotency-Key` form
+//! (`400`), then the body is read under the request body memory budget ([`super::body`]:
 //! `503` + `Retry-After` when it stays exhausted, `413` as soon as a chunked body passes the cap), JSON
 //! (`400 invalid_json`), request fields (`400` naming the field), content (raw or structured, `400`), envelope
 //! and size via [`mta_core::Engine::validate`] (`400`/`413`). Then the idempotency key (`409` in flight, `422`
-//! other body, replay), then the commit. Every refusal made before the body was read closes the connection.
+//! other body, replay), then the commit. A refusal made before a body (over 16 KiB, or chunked) was read
+//! closes the connection.
 //!
-//! A large body is parsed (and structured content built) on the blocking pool, at most one per CPU at a time,
-//! so the async workers keep serving health checks and other connections meanwhile.
+//! A large body is parsed (and structured content built) in [`super::parse_pool`], one thread per CPU below the
+//! async workers' priority, so they keep serving health checks and other connections meanwhile.
 //!
 //! Too many recipients is `400 too_many_recipients` (field `recipients`): the request is wrong, not its size.
 
@@ -28,6 +30,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Idempotency, StoredAnswer};
+use super::parse_pool::PoolError;
 use super::request::{self, Parsed, Request};
 use super::{body, now_ms, HttpState};
 
@@ -65,6 +68,11 @@ async fn inject(
     body: Body,
     body_read: &mut bool,
 ) -> Result<Response, ApiError> {
+    let cap = state.inner.max_body;
+    if body.size_hint().lower() > cap as u64 {
+        metrics::counter!("mta_http_body_too_large_total", "when" => "announced").increment(1);
+        return Err(body::too_large(cap));
+    }
     let engine = &state.inner.engine;
     let counted = super::Injecting::start(&state.inner);
     if counted.is_none() || !engine.is_accepting() {
@@ -78,11 +86,6 @@ async fn inject(
         return Err(ApiError::unavailable("overloaded", mta_core::InjectError::from(e).to_string(), retry_after));
     }
     check_content_type(headers)?;
-    let cap = state.inner.max_body;
-    if body.size_hint().lower() > cap as u64 {
-        metrics::counter!("mta_http_body_too_large_total", "when" => "announced").increment(1);
-        return Err(body::too_large(cap));
-    }
     let idem_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str().ok().filter(|k| idempotency::valid_key(k)) {
@@ -154,26 +157,20 @@ async fn inject(
     Ok(accepted_response(json!({"id": accepted.id.as_str(), "recipients": accepted.recipients})))
 }
 
-/// Parse the body (and build structured content): inline when small, else on the blocking pool, at most one
-/// per CPU at a time. The body is dropped there too, so freeing a large buffer never stalls a worker either.
+/// Parse the body (and build structured content): inline when small, else in the parse pool (below the async
+/// workers' CPU priority), where the body is also dropped, so freeing a large buffer never stalls a worker.
 async fn parse(state: &HttpState, bytes: Vec<u8>, want_fingerprint: bool) -> Result<Parsed, ApiError> {
-    let hostname = &state.inner.engine.config().hostname;
+    let inner = &state.inner;
+    let hostname = &inner.engine.config().hostname;
     if bytes.len() <= INLINE_PARSE_MAX {
         return request::parse(&bytes, hostname, want_fingerprint);
     }
-    let inner = &state.inner;
-    let _slot = match tokio::time::timeout(inner.parse_wait, inner.parsers.acquire()).await {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_closed)) => {
-            return Err(ApiError::unavailable("shutting_down", "the node is stopping; retry elsewhere", 5))
-        }
-        Err(_) => return Err(ApiError::unavailable("overloaded", "too many large requests are being parsed", 2)),
-    };
     let hostname = hostname.clone();
-    match tokio::task::spawn_blocking(move || request::parse(&bytes, &hostname, want_fingerprint)).await {
+    match inner.parse_pool.run(inner.parse_wait, move || request::parse(&bytes, &hostname, want_fingerprint)).await {
         Ok(parsed) => parsed,
-        Err(e) => {
-            tracing::error!(error = %e, "HTTP injection: parse task failed");
+        Err(PoolError::Busy) => Err(ApiError::unavailable("overloaded", "too many large requests are being parsed", 2)),
+        Err(e @ PoolError::Failed) => {
+            tracing::error!(error = %e, "HTTP injection: parse job failed");
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request could not be parsed"))
         }
     }

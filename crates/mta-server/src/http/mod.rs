@@ -4,7 +4,8 @@
 //! - this file: [`ROUTES`] (the one list the router is built from and the OpenAPI test checks), the router,
 //!   the auth/rate-limit and metrics middleware, [`serve`] (HTTP/1.1 and HTTP/2, plain or TLS).
 //! - [`inject`]: `POST /api/v1/messages`; [`body`]: reading request bodies under the size cap and the
-//!   process-wide body memory budget; [`request`]: the inject body parsed and checked; [`json_text`]: raw
+//!   process-wide body memory budget; [`request`]: the inject body parsed and checked (large ones on the
+//!   low-priority threads of [`parse_pool`]); [`json_text`]: raw
 //!   content decoded from its JSON string straight into message bytes; [`content`]: structured content to
 //!   MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`debug`]: `PUT /api/v1/debug/faults`.
@@ -26,6 +27,7 @@ mod idempotency;
 mod inject;
 mod json_text;
 mod listener;
+mod parse_pool;
 mod queue;
 mod ratelimit;
 mod request;
@@ -124,9 +126,9 @@ struct Inner {
     max_body: usize,
     /// Memory for request bodies in flight (`http.max_body_memory`).
     bodies: body::BodyBudget,
-    /// Large bodies parsed at once on the blocking pool: one per CPU (more would only share the CPUs).
-    parsers: tokio::sync::Semaphore,
-    /// Longest wait for a parse slot (`http.body_memory_wait`).
+    /// Where large bodies are parsed: off the async workers, below their CPU priority.
+    parse_pool: parse_pool::ParsePool,
+    /// Longest wait for a place in the parse pool's queue (`http.body_memory_wait`).
     parse_wait: std::time::Duration,
     fault_injection: bool,
     faults: Faults,
@@ -174,7 +176,7 @@ impl HttpState {
             tls,
             max_body,
             bodies: body::BodyBudget::new(http.max_body_memory, http.body_memory_wait.get()),
-            parsers: tokio::sync::Semaphore::new(cpus),
+            parse_pool: parse_pool::ParsePool::new(cpus)?,
             parse_wait: http.body_memory_wait.get(),
             fault_injection: config.debug.fault_injection,
             faults: Faults::default(),
