@@ -206,6 +206,11 @@ pub struct HttpSection {
     pub tls_key: Option<PathBuf>,
     /// Requests per second per API key (added key; 0 = unlimited).
     pub rate_limit_per_key: u32,
+    /// Memory for request bodies in flight, each charged 3x its size (body, decoded message, engine copy)
+    /// (added key; at least 1 MiB).
+    pub max_body_memory: u64,
+    /// Longest wait for a share of `max_body_memory` before `503` + `Retry-After` (added key).
+    pub body_memory_wait: HumanDuration,
 }
 
 impl Default for HttpSection {
@@ -217,6 +222,8 @@ impl Default for HttpSection {
             tls_cert: None,
             tls_key: None,
             rate_limit_per_key: 0,
+            max_body_memory: 512 << 20,
+            body_memory_wait: HumanDuration::secs(10),
         }
     }
 }

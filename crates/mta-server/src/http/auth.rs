@@ -6,6 +6,8 @@
 //! - Without keys, only loopback clients are served (`403 forbidden` for others).
 //! - The client address is the TCP peer, unless the peer is in `http.trusted_proxies`: then it is the right-most
 //!   address of `X-Forwarded-For` that is not itself a trusted proxy (the left-most one if all are).
+//! - IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are their IPv4 address: peers come canonical from the
+//!   listener, `X-Forwarded-For` elements and `trusted_proxies` networks are made so here.
 
 use std::net::IpAddr;
 
@@ -53,7 +55,7 @@ impl Auth {
             }
             keys.push(Key { label: format!("key-{}", &hex[..16]), hash: k });
         }
-        Ok(Auth { keys, trusted_proxies: trusted_proxies.to_vec() })
+        Ok(Auth { keys, trusted_proxies: trusted_proxies.iter().map(canonical_net).collect() })
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
@@ -120,21 +122,30 @@ impl Auth {
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    ip.to_canonical().is_loopback()
+}
+
+/// A network inside `::ffff:0:0/96` as the IPv4 network it maps (peers are compared in IPv4 form).
+fn canonical_net(net: &IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(*net, IpNet::V4),
+            None => *net,
+        },
+        _ => *net,
     }
 }
 
 /// One `X-Forwarded-For` element: `1.2.3.4`, `1.2.3.4:567`, `2001:db8::1` or `[2001:db8::1]:567`.
 fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
-    if let Ok(ip) = s.parse() {
-        return Some(ip);
-    }
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Some(sa.ip());
-    }
-    s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).and_then(|r| r.parse().ok())
+    let ip = if let Ok(ip) = s.parse::<IpAddr>() {
+        ip
+    } else if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        sa.ip()
+    } else {
+        s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).and_then(|r| r.parse().ok())?
+    };
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -157,6 +168,16 @@ mod tests {
         assert_eq!(auth.client_ip("192.0.2.1".parse().unwrap(), &h), "192.0.2.1".parse::<IpAddr>().unwrap());
         let all_trusted = headers(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
         assert_eq!(auth.client_ip("10.0.0.1".parse().unwrap(), &all_trusted), "10.9.9.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_address() {
+        let auth = Auth::new(&[], &["::ffff:10.0.0.0/104".parse().unwrap()]).unwrap();
+        let h = headers(&[("x-forwarded-for", "::ffff:203.0.113.9, [::ffff:10.1.1.1]:80")]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(auth.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        assert!(is_loopback(ip("::ffff:127.0.0.1")));
+        assert!(auth.check(&HeaderMap::new(), ip("::ffff:127.0.0.1")).is_ok());
     }
 
     #[test]

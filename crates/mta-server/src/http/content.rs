@@ -1,10 +1,9 @@
-//! The `content` of an inject request as message bytes: raw RFC 5322 text checked and normalized to CRLF, or
-//! a structured object built into MIME with mail-builder.
+//! A structured `content` object of an inject request, checked and built into MIME with mail-builder (raw
+//! content is decoded and normalized by [`super::json_text`]).
 //!
-//! Raw content over JSON: a lone LF becomes CRLF (JSON clients rarely manage CRLF), a bare CR is refused
-//! (`400 bare_cr`), lines over 998 octets are refused (`400 line_too_long`, RFC 5322 §2.1.1), and a final CRLF
-//! is added when missing. Structured content: CR or LF in any header field (from, to, cc, reply_to, subject,
-//! header names and values) is `400 header_injection`; Message-ID and Date are added unless given in `headers`.
+//! CR or LF in any header field (from, to, cc, reply_to, subject, header names and values) is
+//! `400 header_injection`; Message-ID and Date are added unless given in `headers`. The bodies are moved out of
+//! the parsed JSON, not copied: a large `text_body` exists once before the builder encodes it.
 
 use std::borrow::Cow;
 
@@ -17,47 +16,9 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
-/// Longest line of raw content, CRLF excluded.
-const MAX_LINE: usize = 998;
-
 /// Headers set through their own fields (or by the builder), refused in `headers`.
 const RESERVED_HEADERS: &[&str] =
     &["from", "to", "cc", "bcc", "reply-to", "subject", "content-type", "content-transfer-encoding", "mime-version"];
-
-/// Raw content: CRLF line ends (lone LF converted), no bare CR, lines within 998 octets, final CRLF.
-pub fn normalize_raw(text: &str) -> Result<Vec<u8>, ApiError> {
-    let bytes = text.as_bytes();
-    if bytes.is_empty() {
-        return Err(ApiError::bad_field("invalid_content", "content", "content is empty"));
-    }
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 2);
-    let mut rest = bytes;
-    loop {
-        // One line per step: copy it whole, then its end (CRLF, or LF made CRLF).
-        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-        if end > MAX_LINE {
-            return Err(ApiError::bad_field(
-                "line_too_long",
-                "content",
-                format!("content has a line longer than {MAX_LINE} octets"),
-            ));
-        }
-        out.extend_from_slice(&rest[..end]);
-        match rest.get(end) {
-            None => break,
-            Some(b'\n') => rest = &rest[end + 1..],
-            Some(_) if rest.get(end + 1) == Some(&b'\n') => rest = &rest[end + 2..],
-            Some(_) => {
-                return Err(ApiError::bad_field("bare_cr", "content", "content contains a CR not followed by LF"))
-            }
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    Ok(out)
-}
 
 /// A structured `content` object, checked.
 #[derive(Debug)]
@@ -132,8 +93,8 @@ fn valid_header_name(name: &str) -> bool {
 }
 
 impl Structured {
-    /// Check the structured `content` object.
-    pub fn parse(obj: &Map<String, Value>) -> Result<Structured, ApiError> {
+    /// Check the structured `content` object (taken apart: its bodies move into the result).
+    pub fn parse(mut obj: Map<String, Value>) -> Result<Structured, ApiError> {
         for key in obj.keys() {
             if !matches!(
                 key.as_str(),
@@ -153,11 +114,14 @@ impl Structured {
         let to = mailboxes(obj.get("to"), "content.to")?;
         let cc = mailboxes(obj.get("cc"), "content.cc")?;
         let reply_to = mailboxes(obj.get("reply_to"), "content.reply_to")?;
-        let opt_string = |name: &str| -> Result<Option<String>, ApiError> {
-            let field = format!("content.{name}");
-            match obj.get(name) {
+        let mut opt_string = |name: &str| -> Result<Option<String>, ApiError> {
+            match obj.remove(name) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => Ok(Some(string_field(v, &field)?.to_string())),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => {
+                    let field = format!("content.{name}");
+                    Err(ApiError::bad_field("invalid_content", field.clone(), format!("{field} must be a string")))
+                }
             }
         };
         let subject = opt_string("subject")?;
@@ -269,17 +233,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn raw_lf_becomes_crlf_and_bare_cr_is_refused() {
-        assert_eq!(normalize_raw("A: b\n\nbody").unwrap(), b"A: b\r\n\r\nbody\r\n");
-        assert_eq!(normalize_raw("A: b\r\n\r\nbody\r\n").unwrap(), b"A: b\r\n\r\nbody\r\n");
-        assert_eq!(normalize_raw("A: b\r\n\rbody").unwrap_err().code, "bare_cr");
-        assert_eq!(normalize_raw(&"x".repeat(999)).unwrap_err().code, "line_too_long");
-        assert!(normalize_raw(&"x".repeat(998)).is_ok());
-    }
-
     fn structured(v: Value) -> Result<Structured, ApiError> {
-        Structured::parse(v.as_object().unwrap())
+        match v {
+            Value::Object(map) => Structured::parse(map),
+            _ => panic!("not an object"),
+        }
     }
 
     #[test]

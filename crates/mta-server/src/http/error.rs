@@ -20,12 +20,14 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// Answer with `Connection: close`: the request body was left unread, so the connection cannot be reused.
+    pub close: bool,
 }
 
 impl ApiError {
     /// An error without a field.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None, retry_after: None }
+        ApiError { status, code, message: message.into(), field: None, retry_after: None, close: false }
     }
 
     /// `400` about one field.
@@ -42,6 +44,12 @@ impl ApiError {
     /// Ask the client to come back in `seconds`.
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// Close the connection after this answer (HTTP/1; HTTP/2 streams need no such thing).
+    pub fn close_connection(mut self) -> Self {
+        self.close = true;
         self
     }
 
@@ -95,6 +103,10 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(json!({ "error": body }))).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close {
+            // hyper drops this header on HTTP/2, where resetting the stream is enough.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -56,39 +56,94 @@ pub fn aux_key(label: &str, key: &str) -> Vec<u8> {
     format!("{PREFIX}{label}:{key}").into_bytes()
 }
 
-/// Hex SHA-256 of the canonical form of `body` (sorted object keys, compact).
-pub fn fingerprint(body: &Value) -> String {
-    let mut out = Vec::with_capacity(256);
-    canonical(body, &mut out);
-    hex::encode(Sha256::digest(&out))
+/// The request fingerprint built as the body is parsed: the SHA-256 of its canonical form (sorted object
+/// keys, compact), fed member by member so a large `content` string is hashed while it is decoded, never
+/// re-serialized into a buffer of its own.
+pub struct Fingerprint {
+    hasher: Sha256,
+    members: usize,
 }
 
-fn canonical(v: &Value, out: &mut Vec<u8>) {
+impl Fingerprint {
+    /// Start the canonical form of a JSON object; members must then come in sorted key order.
+    pub fn object() -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"{");
+        Fingerprint { hasher, members: 0 }
+    }
+
+    /// Start the member `key`; its value follows through [`Fingerprint::value`] or the `string_*` calls.
+    pub fn key(&mut self, key: &str) {
+        if self.members > 0 {
+            self.hasher.update(b",");
+        }
+        self.members += 1;
+        // Serializing a string into a hasher cannot fail.
+        let _ = serde_json::to_writer(&mut self.hasher, key);
+        self.hasher.update(b":");
+    }
+
+    /// A whole value, in canonical form.
+    pub fn value(&mut self, value: &Value) {
+        canonical(value, &mut self.hasher);
+    }
+
+    /// A string value given as decoded pieces: `piece` for each, between `string_start` and `string_end`.
+    pub fn string_start(&mut self) {
+        self.hasher.update(b"\"");
+    }
+
+    /// One decoded piece of the string value.
+    pub fn string_piece(&mut self, piece: &[u8]) {
+        super::json_text::write_escaped(piece, &mut self.hasher);
+    }
+
+    /// End of the string value.
+    pub fn string_end(&mut self) {
+        self.hasher.update(b"\"");
+    }
+
+    /// Close the object: the hex digest.
+    pub fn finish(mut self) -> String {
+        self.hasher.update(b"}");
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+/// Hex SHA-256 of the canonical form of `body` (sorted object keys, compact).
+#[cfg(test)]
+pub fn fingerprint(body: &Value) -> String {
+    let mut hasher = Sha256::new();
+    canonical(body, &mut hasher);
+    hex::encode(hasher.finalize())
+}
+
+/// `v` with sorted object keys and no whitespace. Writes go to a hasher or a `Vec`, which cannot fail.
+fn canonical(v: &Value, out: &mut impl std::io::Write) {
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push(b'{');
+            let _ = out.write_all(b"{");
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    let _ = out.write_all(b",");
                 }
-                // Serializing a string into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
+                let _ = out.write_all(b":");
                 canonical(&map[k], out);
             }
-            out.push(b'}');
+            let _ = out.write_all(b"}");
         }
         Value::Array(items) => {
-            out.push(b'[');
+            let _ = out.write_all(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    let _ = out.write_all(b",");
                 }
                 canonical(item, out);
             }
-            out.push(b']');
+            let _ = out.write_all(b"]");
         }
         other => {
             let _ = serde_json::to_writer(&mut *out, other);

@@ -1,6 +1,10 @@
-//! An axum listener that yields TLS streams: TCP accepts in one task, each handshake in its own task (a slow
-//! client never holds up the others), finished streams handed over on a channel. ALPN offers `h2` and
-//! `http/1.1`, so HTTPS clients get HTTP/2 when they ask for it.
+//! The axum listeners of the API, plain and TLS. Both give the peer address in canonical form: an IPv4-mapped
+//! IPv6 peer (`::ffff:1.2.3.4`, what a dual-stack `[::]` listener reports for IPv4 clients) is its IPv4
+//! address from the accept on, so the loopback rule, trusted proxies, logs and `Received:` see one address.
+//!
+//! TLS: TCP accepts in one task, each handshake in its own task (a slow client never holds up the others),
+//! finished streams handed over on a channel. ALPN offers `h2` and `http/1.1`, so HTTPS clients get HTTP/2
+//! when they ask for it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +20,59 @@ use tokio_rustls::TlsAcceptor;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const BACKLOG: usize = 1024;
+
+/// Wait after an accept error that is not about one connection (out of file descriptors and the like), so
+/// the loop backs off instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// `peer` with an IPv4-mapped IPv6 address made the IPv4 address.
+pub fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
+/// Plain TCP connections, with `TCP_NODELAY` (small JSON answers go out at once) and canonical peers.
+#[derive(Debug)]
+pub struct TcpAccept {
+    tcp: TcpListener,
+}
+
+impl TcpAccept {
+    /// Accept on `tcp`.
+    pub fn new(tcp: TcpListener) -> Self {
+        TcpAccept { tcp }
+    }
+}
+
+impl axum::serve::Listener for TcpAccept {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.tcp.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, canonical(peer));
+                }
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// An error about the one connection being accepted (the next accept may well succeed at once).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
 
 /// TLS connections, ready for HTTP.
 #[derive(Debug)]
@@ -40,11 +97,11 @@ impl TlsListener {
         let accept_task = tokio::spawn(async move {
             loop {
                 let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
+                    Ok((stream, peer)) => (stream, canonical(peer)),
+                    Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "HTTPS accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 };

@@ -3,26 +3,34 @@
 //! # Layout
 //! - this file: [`ROUTES`] (the one list the router is built from and the OpenAPI test checks), the router,
 //!   the auth/rate-limit and metrics middleware, [`serve`] (HTTP/1.1 and HTTP/2, plain or TLS).
-//! - [`inject`]: `POST /api/v1/messages`; [`content`]: raw and structured content to message bytes;
-//!   [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
+//! - [`inject`]: `POST /api/v1/messages`; [`body`]: reading request bodies under the size cap and the
+//!   process-wide body memory budget; [`request`]: the inject body parsed and checked (large ones on the
+//!   low-priority threads of [`parse_pool`]); [`json_text`]: raw
+//!   content decoded from its JSON string straight into message bytes; [`content`]: structured content to
+//!   MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`debug`]: `PUT /api/v1/debug/faults`.
 //! - health: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
 //!   reasons and `Retry-After`) and `GET /api/v1/health` (every signal with its value and marks) are here.
 //! - [`auth`]: bearer keys, loopback rule, trusted proxies; [`ratelimit`]: per-key token buckets.
-//! - [`error`]: `ApiError` and its JSON form; [`listener`]: the TLS accept loop.
+//! - [`error`]: `ApiError` and its JSON form; [`listener`]: the accept loops (plain and TLS), where peer
+//!   addresses are made canonical (an IPv4-mapped IPv6 peer is its IPv4 address from there on).
 //! - [`client`]: the `mta-server queue` command (a client of the admin API).
 //! - `openapi.json`: the OpenAPI 3 document served at `/api/v1/openapi.json`.
 
 mod auth;
+mod body;
 pub mod client;
 mod content;
 mod debug;
 mod error;
 mod idempotency;
 mod inject;
+mod json_text;
 mod listener;
+mod parse_pool;
 mod queue;
 mod ratelimit;
+mod request;
 mod status;
 
 use std::future::Future;
@@ -116,6 +124,12 @@ struct Inner {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Largest request body: room for a maximal message with JSON escaping.
     max_body: usize,
+    /// Memory for request bodies in flight (`http.max_body_memory`).
+    bodies: body::BodyBudget,
+    /// Where large bodies are parsed: off the async workers, below their CPU priority.
+    parse_pool: parse_pool::ParsePool,
+    /// Longest wait for a place in the parse pool's queue (`http.body_memory_wait`).
+    parse_wait: std::time::Duration,
     fault_injection: bool,
     faults: Faults,
     /// Set at graceful stop: new injections get `503` while the ones in flight finish.
@@ -154,12 +168,16 @@ impl HttpState {
         let max_body = usize::try_from(config.smtp.max_message_size.saturating_mul(2).saturating_add(64 << 10))
             .unwrap_or(usize::MAX);
         let idempotency = Arc::new(Idempotency::new(engine.spool().clone()));
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         let inner = Inner {
             auth: Auth::new(&http.api_keys, &http.trusted_proxies)?,
             limiter: RateLimiter::new(http.rate_limit_per_key),
             idempotency,
             tls,
             max_body,
+            bodies: body::BodyBudget::new(http.max_body_memory, http.body_memory_wait.get()),
+            parse_pool: parse_pool::ParsePool::new(cpus)?,
+            parse_wait: http.body_memory_wait.get(),
             fault_injection: config.debug.fault_injection,
             faults: Faults::default(),
             draining: AtomicBool::new(false),
@@ -280,6 +298,7 @@ fn status_label(status: StatusCode) -> &'static str {
         403 => "403",
         404 => "404",
         405 => "405",
+        408 => "408",
         409 => "409",
         413 => "413",
         415 => "415",
@@ -352,6 +371,8 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
         shutdown.await;
         let inner = &drain_state.inner;
         inner.draining.store(true, Ordering::SeqCst);
+        // Requests waiting for body memory get their `503` now rather than at the end of their wait.
+        inner.bodies.close();
         while inner.injecting.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -359,10 +380,9 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
     let tls = state.inner.tls.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = match tls {
+        // `tap_io` (a no-op here) is what gives a custom listener axum's `ConnectInfo<SocketAddr>`.
         None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            let listener = listener::TcpAccept::new(listener).tap_io(|_| {});
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
         Some(acceptor) => match listener::TlsListener::new(listener, acceptor) {
