@@ -20,6 +20,10 @@ use super::error::ApiError;
 /// Longest line of raw content, CRLF excluded.
 const MAX_LINE: usize = 998;
 
+/// Longest name in `headers`. Once `Name: ` reaches 76 octets, mail-builder 0.4 starts the value on a new line
+/// without folding whitespace, so the value would be read as a header of its own (header injection).
+const MAX_HEADER_NAME: usize = 73;
+
 /// Headers set through their own fields (or by the builder), refused in `headers`.
 const RESERVED_HEADERS: &[&str] =
     &["from", "to", "cc", "bcc", "reply-to", "subject", "content-type", "content-transfer-encoding", "mime-version"];
@@ -128,7 +132,7 @@ fn mailboxes(v: Option<&Value>, field: &str) -> Result<Vec<Mailbox>, ApiError> {
 }
 
 fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+    !name.is_empty() && name.len() <= MAX_HEADER_NAME && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
 impl Structured {
@@ -185,6 +189,16 @@ impl Structured {
                     }
                     let value = string_field(value, &field)?;
                     no_crlf(value, &field)?;
+                    // These two are written as given, folded only at spaces: too long a value is a line
+                    // receivers refuse, as raw content's would be.
+                    let raw = name.eq_ignore_ascii_case("message-id") || name.eq_ignore_ascii_case("date");
+                    if raw && name.len() + 2 + value.len() > MAX_LINE {
+                        return Err(ApiError::bad_field(
+                            "line_too_long",
+                            field,
+                            format!("{name} is longer than a {MAX_LINE}-octet line"),
+                        ));
+                    }
                     headers.push((name.clone(), value.to_string()));
                 }
             }
@@ -323,6 +337,34 @@ mod tests {
         }
         assert!(!msg.contains("Grüße"), "non-ASCII subject must be encoded");
         assert!(!msg.replace("\r\n", "").contains('\n'), "LF only as part of CRLF");
+    }
+
+    /// Found by the `http_inject` fuzz logic: a header name of 74 to 76 octets made mail-builder start the value
+    /// on a line of its own, so `{"X-…": "Bcc: victim@example.org"}` added a Bcc header.
+    #[test]
+    fn long_header_name_cannot_inject_a_header() {
+        let name = format!("X-{}", "A".repeat(72));
+        let s = structured(json!({"from": "a@b.example", "headers": {name.clone(): "Bcc: victim@example.org"}}));
+        assert_eq!(s.unwrap_err().code, "invalid_header");
+        let name = format!("X-{}", "A".repeat(71));
+        let s = structured(json!({"from": "a@b.example", "headers": {name.clone(): "Bcc: victim@example.org"}}));
+        let msg = String::from_utf8(s.unwrap().build("mx.example").unwrap()).unwrap();
+        // Folded, the value stays a continuation of its header.
+        assert!(msg.contains(&format!("{name}: Bcc:\r\n\t victim@example.org\r\n")), "{msg}");
+        assert!(!msg.contains("\nBcc:"), "{msg}");
+    }
+
+    /// Found by the `http_inject` fuzz logic: a Message-ID (or Date) of ~1000 octets without spaces was written
+    /// on one line longer than 998 octets, which raw content refuses as `line_too_long`.
+    #[test]
+    fn overlong_message_id_is_refused() {
+        let id = format!("<{}@x.test>", "a".repeat(1000));
+        let e = structured(json!({"from": "a@b.example", "headers": {"Message-ID": id}})).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), ("line_too_long", Some("content.headers.Message-ID")));
+        let id = format!("<{}@x.test>", "a".repeat(970));
+        let msg = structured(json!({"from": "a@b.example", "headers": {"message-id": id}})).unwrap();
+        let msg = msg.build("mx.example").unwrap();
+        assert!(msg.split(|b| *b == b'\n').all(|l| l.len() <= 999));
     }
 
     #[test]
