@@ -8,6 +8,7 @@
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
 //! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
 //! - [`error`]: typed errors, classified for the caller.
+//! - `fuzzing`: the `dsn` fuzz target's logic, shared with the property tests (not a stable API).
 //!
 //! Spool types ([`QueueId`], [`MessageRecord`], ...) are re-exported from `mta-spool`.
 #![warn(missing_docs)]
@@ -19,6 +20,8 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod reception;
 
 pub use delivery::{DeliveryConfig, QueueRow};
