@@ -5,6 +5,7 @@
 //! - [`config`] / [`duration`]: the TOML config, its defaults and validation (the binary uses these).
 //! - `http`: only `content` (raw and structured inject content to message bytes) and the `error` it returns;
 //!   the binary compiles its own copy as part of its HTTP API.
+//! - `fuzzing`: the fuzz targets' logic.
 
 pub mod config;
 pub mod duration;
@@ -16,3 +17,5 @@ pub mod http {
     pub mod error;
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
