@@ -95,12 +95,16 @@ pub fn dsn(input: &DsnInput) {
         other => panic!("the DSN root is not multipart: {other:?}"),
     }
 
-    // The machine-readable part, ours alone (the original headers follow it).
+    // The machine-readable part: the second of the parts the boundary (the last parameter of the last header)
+    // separates. Found by splitting, since a reply may contain any text, "Content-Type: ..." included.
     let text = String::from_utf8_lossy(&dsn);
-    let start = text.find("Content-Type: message/delivery-status\r\n\r\n").map(|i| i + 43);
-    let Some(start) = start else { panic!("no message/delivery-status part") };
-    let end = text[start..].find("\r\n--dsn-").map_or(text.len(), |i| start + i);
-    let status = &text[start..end];
+    let head = text.find("\r\n\r\n").map_or(&text[..], |end| &text[..end]);
+    let boundary = head.rfind("boundary=\"").map(|at| &head[at + 10..]).and_then(|b| b.split('"').next());
+    let Some(boundary) = boundary else { panic!("no boundary") };
+    let parts: Vec<&str> = text.split(&format!("\r\n--{boundary}")).collect();
+    assert_eq!(parts.len(), 5, "preamble, three parts, closing");
+    let status = parts[2];
+    assert!(status.starts_with("\r\nContent-Type: message/delivery-status\r\n\r\n"), "{status:?}");
     let finals = status.split("\r\n").filter(|l| l.starts_with("Final-Recipient: ")).count();
     assert_eq!(finals, input.failed.len(), "one Final-Recipient per failed recipient");
     let codes: Vec<&str> = status.split("\r\n").filter_map(|l| l.strip_prefix("Status: ")).collect();

@@ -157,7 +157,12 @@ pub fn reply_parser(data: &[u8], chunk: usize) {
         }
         let (once, err) = replies_in_chunks(&wire, wire.len());
         assert_eq!((once.len(), &err), (1, &None), "a written reply parses back as one reply: {wire:?}");
-        assert_eq!((once[0].code, once[0].enhanced), (reply.code, reply.enhanced), "code kept: {wire:?}");
+        assert_eq!(once[0].code, reply.code, "code kept: {wire:?}");
+        // Writing turns control characters into spaces, which can make the text start with an enhanced code
+        // ("2.1.0\tx" becomes "2.1.0 x"); without them the enhanced code must survive as it was.
+        if !reply.text.chars().any(|c| c != '\n' && (c.is_ascii_control())) {
+            assert_eq!(once[0].enhanced, reply.enhanced, "enhanced code kept: {wire:?}");
+        }
         let mut wire2 = Vec::new();
         once[0].write_to(&mut wire2);
         let (twice, _) = replies_in_chunks(&wire2, wire2.len());
