@@ -179,11 +179,14 @@ fn replies_in_chunks(data: &[u8], chunk: usize) -> (Vec<crate::Reply>, Option<cr
     let mut out = Vec::new();
     for piece in data.chunks(chunk) {
         buf.extend_from_slice(piece);
+        // Consumed bytes are dropped once per read, as the connection's buffer does, not once per reply.
+        let mut start = 0;
         loop {
-            match parser.feed(&buf) {
+            let unconsumed = &buf[start..];
+            match parser.feed(unconsumed) {
                 Ok((n, reply)) => {
-                    assert!(n <= buf.len(), "consumed {n} of {} octets", buf.len());
-                    buf.drain(..n);
+                    assert!(n <= unconsumed.len(), "consumed {n} of {} octets", unconsumed.len());
+                    start += n;
                     match reply {
                         Some(r) => out.push(r),
                         None => break,
@@ -192,6 +195,7 @@ fn replies_in_chunks(data: &[u8], chunk: usize) -> (Vec<crate::Reply>, Option<cr
                 Err(e) => return (out, Some(e)),
             }
         }
+        buf.drain(..start);
         assert!(buf.len() <= MAX_REPLY_LINE + 1, "{} octets left unconsumed", buf.len());
     }
     (out, None)
