@@ -10,6 +10,7 @@
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
 //! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
 //! - [`error`]: typed errors, classified for the caller.
+//! - `fuzzing`: the `dsn` fuzz target's logic, shared with the property tests (not a stable API).
 //!
 //! Spool types ([`QueueId`], [`MessageRecord`], ...) are re-exported from `mta-spool`.
 //!
@@ -60,6 +61,8 @@ pub mod error;
 pub mod events;
 pub mod incoming;
 pub mod metrics_catalog;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod reception;
 
 pub use delivery::{DeliveryConfig, QueueRow};

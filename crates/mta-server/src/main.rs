@@ -2,15 +2,13 @@
 //!
 //! # Layout
 //! - `cli`: the command line (README, docs/operations.md); `main` maps outcomes to exit codes (0, 1, 2).
-//! - `config` / `duration`: the TOML config, its defaults and validation.
+//! - `config` / `duration` (in `lib.rs`, shared with fuzzing): the TOML config, its defaults and validation.
 //! - `serve`: start-up, listeners, signals and graceful stop.
 //! - `smtp_handler`: the policy between SMTP sessions and the engine (relay control, AUTH, queueing).
 //! - `http`: the HTTP API (injection, status, health, metrics).
 //! - `spool_cmd`: offline spool tools; `secrets`: key and password hashes; `tls`, `telemetry`.
 
 mod cli;
-mod config;
-mod duration;
 mod http;
 mod secrets;
 mod serve;
@@ -23,6 +21,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mta_server::config;
 
 use crate::cli::{Cli, Command, SpoolCommand};
 use crate::config::Config;

@@ -197,7 +197,7 @@ impl Index {
 }
 
 /// The body location in an encoded record, if it can be read.
-fn body_of(value: &[u8]) -> Option<BodyLocation> {
+pub(crate) fn body_of(value: &[u8]) -> Option<BodyLocation> {
     if value.len() < 5 {
         return None;
     }

@@ -16,6 +16,7 @@
 //! - `committer`: the group-commit thread and [`Op`].
 //! - `stats`: [`SpoolStats`] for the back-pressure monitor, and `metrics` names.
 //! - `spool`: the public [`Spool`] handle.
+//! - `fuzzing`: the `spool_record` fuzz target's logic, shared with the property tests (not a stable API).
 //!
 //! # On disk
 //!
@@ -29,6 +30,8 @@
 
 mod committer;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 mod index;
 pub mod record;

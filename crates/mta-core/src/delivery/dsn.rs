@@ -19,36 +19,78 @@ pub struct FailedRecipient {
     pub remote_mta: Option<String>,
 }
 
-/// The headers of `message`: everything up to the first empty line (capped, for huge or headerless input).
-pub fn original_headers(message: &[u8]) -> &[u8] {
-    let end = memchr_blank_line(message).unwrap_or(message.len().min(64 * 1024));
-    &message[..end.min(64 * 1024)]
+/// Most octets of the original message searched for its headers (huge or headerless input).
+const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
+
+/// Longest line of the DSN, CRLF excluded (RFC 5322 §2.1.1): receivers refuse longer ones.
+const MAX_LINE: usize = 998;
+
+/// Longest address or host name written into the DSN; longer ones are cut (addresses are at most 254 octets
+/// when they pass reception's checks).
+const MAX_NAME: usize = 256;
+
+/// Longest reply text written into the DSN: a hostile server's reply can be 128 lines of 4 KiB, which joined
+/// would make a line no receiver accepts.
+const MAX_REPLY: usize = 700;
+
+/// The headers of `message` for the report's `text/rfc822-headers` part: its lines up to the first empty one
+/// (within the first 64 KiB), each ended with CRLF and cut at 998 octets. Mail accepted through the library or
+/// stored before the content rules may end lines with a bare LF or CR; copied as they are, they would make
+/// the DSN itself non-conforming, and LF-only messages would have their body taken for headers.
+pub fn original_headers(message: &[u8]) -> Vec<u8> {
+    let mut rest = &message[..message.len().min(MAX_ORIGINAL_HEADERS)];
+    let mut out = Vec::with_capacity(rest.len().min(8192));
+    while !rest.is_empty() {
+        let end = rest.iter().position(|b| *b == b'\r' || *b == b'\n').unwrap_or(rest.len());
+        if end == 0 {
+            // An empty line (CRLF, LF or CR alone): the headers end here.
+            break;
+        }
+        let line = &rest[..end];
+        out.extend_from_slice(&line[..line.len().min(MAX_LINE)]);
+        out.extend_from_slice(b"\r\n");
+        let terminator = if rest[end..].starts_with(b"\r\n") { 2 } else { usize::from(end < rest.len()) };
+        rest = &rest[end + terminator..];
+    }
+    out
 }
 
-fn memchr_blank_line(m: &[u8]) -> Option<usize> {
-    m.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2)
-}
-
-/// The enhanced status code in a reply (`550 5.1.1 ...` → `5.1.1`), or a default for the class.
+/// The `Status:` of a failed recipient (RFC 3464): the enhanced code after the reply code (`550 5.1.1 ...` →
+/// `5.1.1`) or opening a local reason (`4.4.7 Message expired ...`), or a default for the class. Only an RFC 3463
+/// code of the failure's class is taken: a hostile server's `550 0.0.0` or `550 9999.1.1` must not make the
+/// DSN unreadable.
 fn status_of(reply: &str) -> String {
     let mut parts = reply.split_whitespace();
     let code = parts.next().unwrap_or("");
-    if let Some(enh) = parts.next() {
-        let ok = enh.split('.').count() == 3
-            && enh.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let class = if code.starts_with('4') { "4" } else { "5" };
+    let is_basic_code = code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
+    let enh = if is_basic_code { parts.next() } else { Some(code) };
+    if let Some(enh) = enh {
+        let number = |p: &str| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+        let mut numbers = enh.split('.');
+        let ok = numbers.next() == Some(class)
+            && numbers.next().is_some_and(number)
+            && numbers.next().is_some_and(number)
+            && numbers.next().is_none();
         if ok {
             return enh.to_string();
         }
     }
-    if code.starts_with('4') {
-        "4.0.0".into()
-    } else {
-        "5.0.0".into()
-    }
+    format!("{class}.0.0")
 }
 
-fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+/// `s` on one line (control characters, CR and LF included, become spaces), cut to `max` octets with `...`
+/// when longer.
+fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > max.saturating_sub(3) && s.len() > max {
+            out.push_str("...");
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
 }
 
 /// Build the DSN message bytes (CRLF line ends) for `failed` recipients of a message from `original_sender`.
@@ -64,7 +106,7 @@ pub fn build_dsn(
     let boundary = format!("dsn-{original_id}-{:x}", rand::random::<u64>());
     let mut m = String::with_capacity(2048);
     let _ = write!(m, "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n");
-    let _ = write!(m, "To: <{}>\r\n", clean(original_sender));
+    let _ = write!(m, "To: <{}>\r\n", clean(original_sender, MAX_NAME));
     let subject =
         if expired { "Delivery Status Notification (Delay expired)" } else { "Undelivered Mail Returned to Sender" };
     let _ = write!(m, "Subject: {subject}\r\n");
@@ -83,7 +125,7 @@ pub fn build_dsn(
         m.push_str("Your message could not be delivered to one or more recipients. It is attached below.\r\n\r\n");
     }
     for f in failed {
-        let _ = write!(m, "<{}>: {}\r\n", clean(&f.address), clean(&f.reply));
+        let _ = write!(m, "<{}>: {}\r\n", clean(&f.address, MAX_NAME), clean(&f.reply, MAX_REPLY));
     }
     m.push_str("\r\n");
 
@@ -96,25 +138,21 @@ pub fn build_dsn(
         let _ = write!(
             m,
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
-            clean(&f.address),
+            clean(&f.address, MAX_NAME),
             status_of(&f.reply)
         );
         if let Some(mta) = &f.remote_mta {
-            let _ = write!(m, "Remote-MTA: dns; {}\r\n", clean(mta));
-            let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", clean(&f.reply));
+            let _ = write!(m, "Remote-MTA: dns; {}\r\n", clean(mta, MAX_NAME));
+            let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", clean(&f.reply, MAX_REPLY));
         } else {
-            let _ = write!(m, "Diagnostic-Code: x-local; {}\r\n", clean(&f.reply));
+            let _ = write!(m, "Diagnostic-Code: x-local; {}\r\n", clean(&f.reply, MAX_REPLY));
         }
     }
     m.push_str("\r\n");
 
     let _ = write!(m, "--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n");
     let mut out = m.into_bytes();
-    let headers = original_headers(original);
-    out.extend_from_slice(headers);
-    if !headers.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(&original_headers(original));
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }
@@ -148,5 +186,64 @@ mod tests {
         assert!(!dsn.contains("secret body"));
         assert!(dsn.contains("To: <a@s.test>"));
         assert!(!dsn.contains('\n') || dsn.matches('\n').count() == dsn.matches("\r\n").count());
+    }
+
+    fn dsn_of(reply: &str, original: &[u8]) -> String {
+        let failed = [FailedRecipient { address: "x@d.test".into(), reply: reply.into(), remote_mta: None }];
+        String::from_utf8_lossy(&build_dsn("mx.test", "ID1", "a@s.test", "Mon, 1 Jan 2024", &failed, original, false))
+            .into_owned()
+    }
+
+    fn assert_crlf_only(dsn: &str) {
+        assert_eq!(dsn.matches('\n').count(), dsn.matches("\r\n").count(), "bare LF in {dsn:?}");
+        assert_eq!(dsn.matches('\r').count(), dsn.matches("\r\n").count(), "bare CR in {dsn:?}");
+    }
+
+    /// Found by the `dsn` fuzz target: an original message of one LF, or one CR, was copied into the report
+    /// as it was, so the DSN carried a bare LF or CR.
+    #[test]
+    fn bare_line_ends_of_the_original_become_crlf() {
+        for original in [&b"\n"[..], b"\r", b"Subject: a\rX-B: b\nX-C: c\r\n\r\nbody"] {
+            let dsn = dsn_of("550 5.1.1 no", original);
+            assert_crlf_only(&dsn);
+        }
+        let dsn = dsn_of("550 5.1.1 no", b"Subject: a\rX-B: b\nX-C: c\r\n\r\nbody");
+        assert!(dsn.contains("\r\n\r\nSubject: a\r\nX-B: b\r\nX-C: c\r\n\r\n--dsn-"), "{dsn}");
+    }
+
+    #[test]
+    fn lf_only_original_keeps_its_body_out() {
+        let dsn = dsn_of("550 5.1.1 no", b"From: a@s.test\nSubject: hello\n\nsecret body\n");
+        assert!(dsn.contains("Subject: hello\r\n"));
+        assert!(!dsn.contains("secret body"), "{dsn}");
+        assert_crlf_only(&dsn);
+    }
+
+    /// Found by the `dsn` fuzz target's line-length check: a long (or many-line) reply from a hostile server
+    /// made a `Diagnostic-Code:` line no receiver accepts; so did a long header line of the original.
+    #[test]
+    fn lines_stay_within_998_octets() {
+        let reply = format!("550-5.7.1 {}\r\n550 5.7.1 {}", "x".repeat(4000), "y".repeat(4000));
+        let original = format!("Subject: {}\r\n\r\nbody\r\n", "s".repeat(5000));
+        let dsn = dsn_of(&reply, original.as_bytes());
+        for line in dsn.split("\r\n") {
+            assert!(line.len() <= 998, "line of {} octets", line.len());
+        }
+        assert!(dsn.contains("Diagnostic-Code: x-local; 550-5.7.1 xxx"));
+        assert!(dsn.contains("xxx...\r\n"), "a cut reply says so");
+    }
+
+    /// Found by the `dsn` fuzz target: `400 0.0.0` from a server became `Status: 0.0.0`, not an RFC 3463 code.
+    #[test]
+    fn status_is_a_failure_code_of_the_reply_class() {
+        assert_eq!(status_of("400 0.0.0 "), "4.0.0");
+        assert_eq!(status_of("550 9999.1.1 x"), "5.0.0");
+        assert_eq!(status_of("550 4.1.1 x"), "5.0.0", "class differs from the reply's");
+        assert_eq!(status_of("250 2.0.0 ok"), "5.0.0", "not a failure");
+        assert_eq!(status_of("550 5.7.26 unauthenticated"), "5.7.26");
+        assert_eq!(status_of("451 4.7.1 greylisted"), "4.7.1");
+        assert_eq!(status_of("4.4.7 Message expired; last error: 451 4.7.1 x"), "4.4.7");
+        assert_eq!(status_of("5.1.2 No MX for nx.test"), "5.1.2");
+        assert_eq!(status_of(""), "5.0.0");
     }
 }

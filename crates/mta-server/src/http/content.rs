@@ -16,6 +16,17 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
+/// Longest line of raw content, CRLF excluded.
+const MAX_LINE: usize = 998;
+
+/// Longest name in `headers`. Once `Name: ` reaches 76 octets, mail-builder 0.4 starts the value on a new line
+/// without folding whitespace, so the value would be read as a header of its own (header injection).
+const MAX_HEADER_NAME: usize = 73;
+
+/// Longest display name in an address field. mail-builder 0.4 writes a name as one encoded word on one line;
+/// this keeps that line within 998 octets whatever the name's characters.
+const MAX_DISPLAY_NAME: usize = 256;
+
 /// Headers set through their own fields (or by the builder), refused in `headers`.
 const RESERVED_HEADERS: &[&str] =
     &["from", "to", "cc", "bcc", "reply-to", "subject", "content-type", "content-transfer-encoding", "mime-version"];
@@ -67,9 +78,25 @@ fn parse_mailbox(s: &str, field: &str) -> Result<Mailbox, ApiError> {
         }
         _ => (None, s),
     };
+    if name.as_ref().is_some_and(|n| n.len() > MAX_DISPLAY_NAME) {
+        let message = format!("{field}: display name longer than {MAX_DISPLAY_NAME} octets");
+        return Err(ApiError::bad_field("invalid_address", field, message));
+    }
     check_address(address)
         .map_err(|reason| ApiError::bad_field("invalid_address", field, format!("{field}: {reason}")))?;
+    if !dot_atom_local_part(address) {
+        let message = format!("{field}: the local part must be a dot-atom (letters, digits, !#$%&'*+-/=?^_`{{|}}~)");
+        return Err(ApiError::bad_field("invalid_address", field, message));
+    }
     Ok(Mailbox { name, address: address.to_string() })
+}
+
+/// The local part is an RFC 5322 dot-atom (UTF-8 allowed, RFC 6532). mail-builder writes it unquoted, so a
+/// local part with specials such as `(`, `,` or `"` would be read back as a comment or another address.
+fn dot_atom_local_part(address: &str) -> bool {
+    let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext))
 }
 
 fn mailboxes(v: Option<&Value>, field: &str) -> Result<Vec<Mailbox>, ApiError> {
@@ -89,7 +116,7 @@ fn mailboxes(v: Option<&Value>, field: &str) -> Result<Vec<Mailbox>, ApiError> {
 }
 
 fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+    !name.is_empty() && name.len() <= MAX_HEADER_NAME && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
 impl Structured {
@@ -130,6 +157,13 @@ impl Structured {
         }
         let text_body = opt_string("text_body")?;
         let html_body = opt_string("html_body")?;
+        // mail-builder turns a lone LF into CRLF but writes a lone CR as it is: refuse it, as in raw content.
+        for (field, body) in [("content.text_body", &text_body), ("content.html_body", &html_body)] {
+            let text = body.as_deref().unwrap_or("");
+            if text.match_indices('\r').any(|(i, _)| text.as_bytes().get(i + 1) != Some(&b'\n')) {
+                return Err(ApiError::bad_field("bare_cr", field, format!("{field} contains a CR not followed by LF")));
+            }
+        }
         let mut headers = Vec::new();
         match obj.get("headers") {
             None | Some(Value::Null) => {}
@@ -149,6 +183,16 @@ impl Structured {
                     }
                     let value = string_field(value, &field)?;
                     no_crlf(value, &field)?;
+                    // These two are written as given, folded only at spaces: too long a value is a line
+                    // receivers refuse, as raw content's would be.
+                    let raw = name.eq_ignore_ascii_case("message-id") || name.eq_ignore_ascii_case("date");
+                    if raw && name.len() + 2 + value.len() > MAX_LINE {
+                        return Err(ApiError::bad_field(
+                            "line_too_long",
+                            field,
+                            format!("{name} is longer than a {MAX_LINE}-octet line"),
+                        ));
+                    }
                     headers.push((name.clone(), value.to_string()));
                 }
             }
@@ -281,6 +325,77 @@ mod tests {
         }
         assert!(!msg.contains("Grüße"), "non-ASCII subject must be encoded");
         assert!(!msg.replace("\r\n", "").contains('\n'), "LF only as part of CRLF");
+    }
+
+    /// Found by the `http_inject` fuzz logic: a header name of 74 to 76 octets made mail-builder start the value
+    /// on a line of its own, so `{"X-…": "Bcc: victim@example.org"}` added a Bcc header.
+    #[test]
+    fn long_header_name_cannot_inject_a_header() {
+        let name = format!("X-{}", "A".repeat(72));
+        let s = structured(json!({"from": "a@b.example", "headers": {name.clone(): "Bcc: victim@example.org"}}));
+        assert_eq!(s.unwrap_err().code, "invalid_header");
+        let name = format!("X-{}", "A".repeat(71));
+        let s = structured(json!({"from": "a@b.example", "headers": {name.clone(): "Bcc: victim@example.org"}}));
+        let msg = String::from_utf8(s.unwrap().build("mx.example").unwrap()).unwrap();
+        // Folded, the value stays a continuation of its header.
+        assert!(msg.contains(&format!("{name}: Bcc:\r\n\t victim@example.org\r\n")), "{msg}");
+        assert!(!msg.contains("\nBcc:"), "{msg}");
+    }
+
+    /// Found by the `http_inject` fuzz logic: a Message-ID (or Date) of ~1000 octets without spaces was written
+    /// on one line longer than 998 octets, which raw content refuses as `line_too_long`.
+    #[test]
+    fn overlong_message_id_is_refused() {
+        let id = format!("<{}@x.test>", "a".repeat(1000));
+        let e = structured(json!({"from": "a@b.example", "headers": {"Message-ID": id}})).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), ("line_too_long", Some("content.headers.Message-ID")));
+        let id = format!("<{}@x.test>", "a".repeat(970));
+        let msg = structured(json!({"from": "a@b.example", "headers": {"message-id": id}})).unwrap();
+        let msg = msg.build("mx.example").unwrap();
+        assert!(msg.split(|b| *b == b'\n').all(|l| l.len() <= 999));
+    }
+
+    /// Found by the `http_inject` fuzz logic's line-length check: a display name of 1,200 octets was written as
+    /// one encoded word on a 1,224-octet From line.
+    #[test]
+    fn overlong_display_name_is_refused() {
+        let e = structured(json!({"from": format!("{} <a@b.example>", "A".repeat(1200))})).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_address", Some("content.from")));
+        let to = format!("{} <c@d.example>", "Grüße ".repeat(42));
+        let e = structured(json!({"from": "a@b.example", "to": ["x@y.example", to]})).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_address", Some("content.to[1]")));
+        let name = "Grüße ".repeat(30);
+        let msg = structured(json!({"from": format!("{name} <a@b.example>"), "to": format!("{name} <c@d.example>")}));
+        let msg = msg.unwrap().build("mx.example").unwrap();
+        assert!(msg.split(|b| *b == b'\n').all(|l| l.len() <= 999), "{}", String::from_utf8_lossy(&msg));
+    }
+
+    /// Found by the `http_inject` fuzz logic's From check: `(x@y.test` was written unquoted, and read back the
+    /// parenthesis opens a comment, so the message's From was not the address given.
+    #[test]
+    fn local_part_with_specials_is_refused() {
+        for from in ["(x@y.test", "a,b@y.test", "\"q\"@y.test", "a..b@y.test", ".a@y.test"] {
+            let e = structured(json!({"from": from})).unwrap_err();
+            assert_eq!((e.code, e.field.as_deref()), ("invalid_address", Some("content.from")), "{from}");
+        }
+        for from in ["a.b+tag@y.test", "o'brien@y.test", "jörg@bücher.example", "x@[192.0.2.1]"] {
+            assert!(structured(json!({"from": from})).is_ok(), "{from}");
+        }
+    }
+
+    /// Found by the `http_inject` fuzz logic's CRLF check: a text body of one CR came out as a message ending in
+    /// a bare CR (a lone LF is made CRLF by the builder, a lone CR was not).
+    #[test]
+    fn bare_cr_in_a_body_is_refused() {
+        for body in ["\r", "a\rb", "a\r\r\nb"] {
+            for field in ["text_body", "html_body"] {
+                let e = structured(json!({"from": "a@b.example", field: body})).unwrap_err();
+                assert_eq!((e.code, e.field), ("bare_cr", Some(format!("content.{field}"))), "{body:?}");
+            }
+        }
+        let msg = structured(json!({"from": "a@b.example", "text_body": "a\r\nb\nc"})).unwrap();
+        let msg = String::from_utf8(msg.build("mx.example").unwrap()).unwrap();
+        assert_eq!(msg.matches('\r').count(), msg.matches("\r\n").count(), "{msg}");
     }
 
     #[test]
