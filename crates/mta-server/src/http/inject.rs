@@ -34,8 +34,8 @@ use super::parse_pool::PoolError;
 use super::request::{self, Parsed, Request};
 use super::{body, now_ms, HttpState};
 
-/// Bodies up to this size are parsed on the async worker: a few tens of microseconds, less than handing them
-/// to the blocking pool costs.
+/// Bodies up to this size are parsed on the async worker: tens of microseconds at most, about what the round
+/// trip to the parse pool (a channel send and a thread wake-up each way) costs anyway.
 const INLINE_PARSE_MAX: usize = 64 << 10;
 /// An unread body up to this size does not close the connection when a request is refused.
 const SMALL_BODY: u64 = 16 << 10;
