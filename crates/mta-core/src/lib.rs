@@ -59,10 +59,10 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod events;
-pub mod incoming;
-pub mod metrics_catalog;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod incoming;
+pub mod metrics_catalog;
 pub mod reception;
 
 pub use delivery::{DeliveryConfig, QueueRow};
