@@ -239,9 +239,18 @@ class Sampler(threading.Thread):
             self._lag_thread.join(15)
 
 
+def set_lag_metric(spec):
+    global LAG_METRIC, LAG_LABEL
+    m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?", spec)
+    if not m:
+        raise SystemExit(f"--lag-metric: cannot parse {spec!r}")
+    LAG_METRIC, LAG_LABEL = m.group(1), m.group(2) or ""
+
+
 def lag_value(text):
     for line in text.splitlines():
-        if line.startswith(LAG_METRIC + "{") and LAG_LABEL in line:
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == LAG_METRIC and LAG_LABEL in line:
             try:
                 return float(line.rsplit(None, 1)[1])
             except ValueError:
@@ -443,7 +452,7 @@ def verify_spool(server, big):
 
 
 def phase_a(a, corpus):
-    smtp_extra = f'timeout_command = "{a.timeout_command}"\n'
+    smtp_extra = f'timeout_command = "{a.timeout_command}"\n{a.smtp_extra}\n'
     if not a.old:
         smtp_extra += f'min_data_rate = {a.min_data_rate}\ndata_rate_grace = "{a.data_rate_grace}"\n'
     extra = "[delivery]\nenabled = false\n"
@@ -650,7 +659,7 @@ async def run_flood(a, port):
 
 def phase_c(a):
     smtp_extra = (f'timeout_command = "{a.timeout_command}"\nmax_connections = {a.max_connections}\n'
-                  f'max_connections_per_ip = 10000\n')
+                  f'max_connections_per_ip = 10000\n{a.smtp_extra}\n')
     if not a.old:
         smtp_extra += f'min_data_rate = {a.min_data_rate}\ndata_rate_grace = "{a.data_rate_grace}"\n'
     server = mb.start_server(extra="[delivery]\nenabled = false\n", smtp_extra=smtp_extra)
@@ -735,7 +744,12 @@ def main():
     ap.add_argument("--rss-abort-mib", type=int, default=10240, help="stop feeding when server RSS grows beyond")
     ap.add_argument("--min-available-mib", type=int, default=3072, help="stop feeding below this MemAvailable")
     ap.add_argument("--keep", action="store_true", help="keep the spool directories")
+    ap.add_argument("--smtp-extra", default="", help='more [smtp] TOML lines, e.g. "max_errors = 5\\n"')
+    ap.add_argument("--lag-metric", default=f"{LAG_METRIC}{{{LAG_LABEL}}}",
+                    help="Prometheus sample holding the event-loop lag in ms: NAME or NAME{label=\"value\"}")
     a = ap.parse_args()
+    a.smtp_extra = a.smtp_extra.replace("\\n", "\n")
+    set_lag_metric(a.lag_metric)
     phases = set(a.only.split(","))
 
     if a.bin:
@@ -795,7 +809,7 @@ def main():
             print(f"| headers the server prepended | {fmt_counts(v['prepended'])} | |")
         print(f"| graceful stop | {r['stop_secs']:.1f} s, exit {r['exit']} | |")
         lag_verdict = "met" if r["lag_p99"] < 100 else "**missed**"
-        print(f"| (d) `{LAG_METRIC}{{{LAG_LABEL}}}` ({r['lag_n']} samples / 250 ms, "
+        print(f"| (d) `{a.lag_metric}` ({r['lag_n']} samples / 250 ms, "
               f"window {a.bp_window or '10s (default)'}) p50 / p99 / max | {r['lag_p50']:.1f} / **{r['lag_p99']:.1f}** / "
               f"{r['lag_max']:.1f} ms | p99 < 100 ms ({lag_verdict}) |")
         if r["scrape_errors"]:
