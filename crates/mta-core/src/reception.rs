@@ -112,8 +112,14 @@ pub fn check_address(addr: &str) -> Result<(), &'static str> {
     if domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
         return Err("invalid domain");
     }
-    if domain.starts_with('[') {
-        return if domain.ends_with(']') { Ok(()) } else { Err("invalid address literal") };
+    if let Some(literal) = domain.strip_prefix('[') {
+        // RFC 5321 §4.1.3 dcontent: printable ASCII but `[`, `\` and `]`. A backslash would be read as a
+        // quoted-pair by mail readers, so the address in a header would not be the one in the envelope.
+        let dcontent = |b: u8| (33..=126).contains(&b) && !matches!(b, b'[' | b'\\' | b']');
+        return match literal.strip_suffix(']') {
+            Some(inner) if !inner.is_empty() && inner.bytes().all(dcontent) => Ok(()),
+            _ => Err("invalid address literal"),
+        };
     }
     if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
         return Err("invalid characters in domain");
@@ -152,6 +158,16 @@ mod tests {
         assert!(check_address("a@[192.0.2.1]").is_ok());
         assert!(check_address("user@bücher.example").is_ok());
         for bad in ["", "a", "@b", "a@", "a b@c", "a@b..c", "a@.b", "a@b\r\nc"] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `http_inject` fuzz target: `a@[192.0\\.2.1]` passed, and in a From header the backslash
+    /// reads as a quoted-pair, so the message's From was not the address given.
+    #[test]
+    fn address_literals_hold_dcontent_only() {
+        assert!(check_address("a@[IPv6:2001:db8::1]").is_ok());
+        for bad in ["a@[192.0\\.2.1]", "a@[]", "a@[a[b]", "a@[a]b]", "a@[192.0.2.1"] {
             assert!(check_address(bad).is_err(), "{bad}");
         }
     }
