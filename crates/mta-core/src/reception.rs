@@ -112,8 +112,15 @@ pub fn check_address(addr: &str) -> Result<(), &'static str> {
     if domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
         return Err("invalid domain");
     }
-    if domain.starts_with('[') {
-        return if domain.ends_with(']') { Ok(()) } else { Err("invalid address literal") };
+    if let Some(literal) = domain.strip_prefix('[') {
+        // RFC 5321 §4.1.3: an IPv4 address or `IPv6:` and an IPv6 address (no general literal tag is
+        // registered). Anything else, such as `(` or `\`, mail readers take for a comment or a quoted-pair, so
+        // the address in a header would not be the one in the envelope.
+        let ip = literal.strip_suffix(']').is_some_and(|inner| match inner.get(..5) {
+            Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..].parse::<std::net::Ipv6Addr>().is_ok(),
+            _ => inner.parse::<std::net::Ipv4Addr>().is_ok(),
+        });
+        return if ip { Ok(()) } else { Err("invalid address literal") };
     }
     if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
         return Err("invalid characters in domain");
@@ -152,6 +159,19 @@ mod tests {
         assert!(check_address("a@[192.0.2.1]").is_ok());
         assert!(check_address("user@bücher.example").is_ok());
         for bad in ["", "a", "@b", "a@", "a b@c", "a@b..c", "a@.b", "a@b\r\nc"] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `http_inject` fuzz target: `a@[192.0\\.2.1]` and `a@[192.0.2(1]` passed, and in a From
+    /// header the backslash reads as a quoted-pair and the parenthesis as a comment, so the message's From
+    /// was not the address given.
+    #[test]
+    fn address_literals_are_ip_addresses() {
+        assert!(check_address("a@[IPv6:2001:db8::1]").is_ok());
+        assert!(check_address("a@[ipv6:::1]").is_ok());
+        for bad in ["a@[192.0\\.2.1]", "a@[192.0.2(1]", "a@[]", "a@[a[b]", "a@[a]b]", "a@[192.0.2.1", "a@[2001:db8::1]"]
+        {
             assert!(check_address(bad).is_err(), "{bad}");
         }
     }
