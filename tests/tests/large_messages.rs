@@ -23,15 +23,7 @@ fn big_message(seed: u32, size: usize) -> Vec<u8> {
 
 fn dot_stuffed(m: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.len() + 1024);
-    let mut line_start = true;
-    for &b in m {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    out.extend_from_slice(b".\r\n");
+    mta_smtp::proto::data::dot_stuff(m, &mut out);
     out
 }
 
