@@ -10,6 +10,36 @@
 //! - `results`: outcomes recorded through the spool's group commit, events, retries, DSNs.
 //! - [`dsn`]: RFC 3464 delivery status notifications.
 //! - `ids`: compact in-memory ids so millions of queued messages fit in little memory.
+//!
+//! # Where a unit of work is
+//!
+//! A unit of work is one (message, destination domain) pair, `Work`: a compact id, the interned domain,
+//! tenant and pool. At any moment it is in exactly one of these places, and the scheduler's counts
+//! (`State`) say which:
+//!
+//! 1. **Scheduled** — on the scheduler's timer heap until its due time (`sched`).
+//! 2. **Ready** — due: first resolving its next hops (`resolve_and_queue`), then in the ready queue of its
+//!    site (`sites[SiteKey].queue`), where a connection takes it. A site whose circuit is open puts its queue
+//!    back on the timer until the probe time; a suspended domain's work is `Held` on the scheduler instead.
+//! 3. **In flight** — taken by a connection: in its read-ahead batch (`next_batch`, up to `PREFETCH`, with
+//!    record and body read in one spool call), or on the wire. When a connection closes early, the batch it
+//!    read ahead goes back to the *front* of the site's ready queue, in order (`give_back`).
+//! 4. **Recording** — its result is being made durable: a background task per connection (at most 32
+//!    outstanding) takes the message's stripe lock (several domains of one message can finish at once and
+//!    share one record), commits the record update, DSN and removals through the spool's group commit,
+//!    emits events, then tells the scheduler: gone (delivered, bounced, expired) or scheduled again with the
+//!    next retry time. A connection counts as open until all its results are durable.
+//!
+//! After a crash, whatever was not recorded is found again by the start-up scan at its stored next-attempt
+//! time: delivered again rather than lost.
+//!
+//! # Locks
+//!
+//! `sched` (the scheduler), `sites` (ready queues and site limits) and `starved` (sites waiting for a global
+//! connection permit) are `parking_lot` mutexes, held for a few map operations and never across an `.await`.
+//! `sched` and `sites` are never held together: code that touches both takes one, releases it, then the
+//! other. `starved` is taken alone or while `sites` is held (dispatch), never the other way round. The per-message
+//! stripe locks are async mutexes taken before `sched` during recording, never while `sites` is held.
 
 pub mod dsn;
 pub(crate) mod ids;
