@@ -15,9 +15,9 @@ use super::handler::{Handler, ListenerMode};
 use super::session::Session;
 use crate::Reply;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -69,11 +69,23 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Sessions waiting for a command, in eviction order: (has spoken, since, session number) → its eviction
-    /// signal. Sessions that never sent a whole command (silent or trickling clients) go first, oldest first;
-    /// a client that has spoken is closed only when no such session is left.
-    idle: Mutex<BTreeMap<(bool, Instant, u64), Arc<Notify>>>,
+    /// Every open session's idle state, by session number. A session marks itself idle or busy with atomics
+    /// (twice per command: no shared lock on that path); the map is locked only when a session opens or
+    /// closes, and when a full listener looks for one to evict (a scan, rare).
+    sessions: Mutex<HashMap<u64, Arc<SlotState>>>,
     next_session: AtomicU64,
+    /// The origin of the `idle_since` timestamps.
+    epoch: Instant,
+}
+
+/// What the listener knows of one session.
+#[derive(Debug)]
+struct SlotState {
+    /// Nanoseconds after `epoch` (plus one) when the current wait for a command began; 0 while busy.
+    idle_since: AtomicU64,
+    /// The client has sent at least one whole command.
+    spoke: AtomicBool,
+    evict: Notify,
 }
 
 impl ConnectionLimits {
@@ -84,38 +96,46 @@ impl ConnectionLimits {
             max_total: max_total.min(Semaphore::MAX_PERMITS),
             max_per_ip,
             per_ip: Mutex::new(HashMap::new()),
-            idle: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
     /// A handle by which one session reports when it waits for a command (and so may be evicted).
     pub fn idle_slot(self: &Arc<Self>) -> IdleSlot {
-        IdleSlot {
-            limits: Arc::clone(self),
-            number: self.next_session.fetch_add(1, Ordering::Relaxed),
-            since: None,
-            spoke: false,
-            evict: Arc::new(Notify::new()),
-        }
+        let number = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let state =
+            Arc::new(SlotState { idle_since: AtomicU64::new(0), spoke: AtomicBool::new(false), evict: Notify::new() });
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(number, Arc::clone(&state));
+        IdleSlot { limits: Arc::clone(self), number, state }
     }
 
     /// Sessions waiting for a command right now.
     pub fn idle_sessions(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.values().filter(|s| s.idle_since.load(Ordering::Acquire) != 0).count()
     }
 
-    /// Asks an idle session to close (the longest-waiting of those that never sent a whole command, else the
-    /// longest-waiting of all); `false` when none is waiting.
+    /// Asks an idle session to close: the longest-waiting of those that never sent a whole command (silent or
+    /// trickling clients), else the longest-waiting of all; `false` when none is waiting.
     pub fn evict_oldest_idle(&self) -> bool {
-        let oldest = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop_first();
-        match oldest {
-            Some((_, notify)) => {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let oldest = sessions
+                .values()
+                .filter_map(|s| {
+                    let since = s.idle_since.load(Ordering::Acquire);
+                    (since != 0).then(|| ((s.spoke.load(Ordering::Acquire), since), s))
+                })
+                .min_by_key(|(key, _)| *key);
+            let Some(((_, since), state)) = oldest else { return false };
+            // Claim it: a session that turned busy meanwhile is left alone and the next one is taken.
+            if state.idle_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 // `notify_one` keeps the permit if the session is between two awaits: it is never lost.
-                notify.notify_one();
-                true
+                state.evict.notify_one();
+                return true;
             }
-            None => false,
         }
     }
 
@@ -140,51 +160,40 @@ impl ConnectionLimits {
     }
 }
 
-/// One session's entry in the idle set: marked while it waits for a command, removed when dropped.
+/// One session's entry in the listener's idle state: marked while it waits for a command.
 #[derive(Debug)]
 pub struct IdleSlot {
     limits: Arc<ConnectionLimits>,
     number: u64,
-    /// When the current wait began (the key in the idle set), `None` while busy.
-    since: Option<Instant>,
-    /// The client has sent at least one whole command.
-    spoke: bool,
-    evict: Arc<Notify>,
+    state: Arc<SlotState>,
 }
 
 impl IdleSlot {
     /// The session starts waiting for a command (no-op if it already is).
     pub fn set_idle(&mut self) {
-        if self.since.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        self.since = Some(now);
-        let mut idle = self.limits.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.insert((self.spoke, now, self.number), Arc::clone(&self.evict));
+        let now = u64::try_from(self.limits.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        let _ = self.state.idle_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The client sent a whole command: from now on it is evicted only after those that never did.
     pub fn set_spoke(&mut self) {
-        self.spoke = true;
+        self.state.spoke.store(true, Ordering::Release);
     }
 
     /// The session got a command and works on it.
     pub fn set_busy(&mut self) {
-        if let Some(since) = self.since.take() {
-            self.limits.idle.lock().unwrap_or_else(|e| e.into_inner()).remove(&(self.spoke, since, self.number));
-        }
+        self.state.idle_since.store(0, Ordering::Release);
     }
 
     /// Resolves when the session was chosen for eviction.
     pub async fn evicted(&self) {
-        self.evict.notified().await;
+        self.state.evict.notified().await;
     }
 }
 
 impl Drop for IdleSlot {
     fn drop(&mut self) {
-        self.set_busy();
+        self.limits.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.number);
     }
 }
 
