@@ -120,6 +120,14 @@ impl Sink {
         self.out.split().freeze()
     }
 
+    fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
     fn finish(self) -> Result<Bytes, DataError> {
         match self.error {
             Some(e) => Err(e),
@@ -216,6 +224,16 @@ impl DataReceiver {
         self.sink.take()
     }
 
+    /// The content stored since the last [`Self::clear_output`], borrowed (the buffer keeps its capacity).
+    pub fn output(&self) -> &[u8] {
+        self.sink.output()
+    }
+
+    /// Forget the stored content (after handing [`Self::output`] on).
+    pub fn clear_output(&mut self) {
+        self.sink.clear_output();
+    }
+
     /// The first content error so far.
     pub fn error(&self) -> Option<DataError> {
         self.sink.error
@@ -308,6 +326,16 @@ impl BdatReceiver {
     /// The content stored since the last call (empty once an error was seen): stream it on, keep nothing.
     pub fn take(&mut self) -> Bytes {
         self.sink.take()
+    }
+
+    /// The content stored since the last [`Self::clear_output`], borrowed (the buffer keeps its capacity).
+    pub fn output(&self) -> &[u8] {
+        self.sink.output()
+    }
+
+    /// Forget the stored content (after handing [`Self::output`] on).
+    pub fn clear_output(&mut self) {
+        self.sink.clear_output();
     }
 
     /// The message after the LAST chunk (what was not taken yet). Content that does not end with CRLF gets one appended so the

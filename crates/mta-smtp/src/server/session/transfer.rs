@@ -28,7 +28,7 @@ const YIELD_EVERY: usize = 64 << 10;
 
 impl<C: ContentSink> Incoming<C> {
     /// Hands the receiver's new content to the sink (and the hop counter).
-    async fn forward(&mut self, chunk: Bytes) {
+    async fn forward(&mut self, chunk: &[u8]) {
         self.since_yield += chunk.len();
         if self.since_yield >= YIELD_EVERY {
             // A client streaming fast never makes the read wait; give the other sessions (and the timers) their
@@ -39,8 +39,8 @@ impl<C: ContentSink> Incoming<C> {
         if chunk.is_empty() || self.refused.is_some() {
             return;
         }
-        self.hops.feed(&chunk);
-        if let Err(reply) = self.content.write(&chunk).await {
+        self.hops.feed(chunk);
+        if let Err(reply) = self.content.write(chunk).await {
             self.refused = Some(reply);
         }
     }
@@ -90,7 +90,8 @@ where
         loop {
             if !self.inbuf.is_empty() {
                 let progress = receiver.feed(&self.inbuf);
-                incoming.forward(receiver.take()).await;
+                incoming.forward(receiver.output()).await;
+                receiver.clear_output();
                 match progress {
                     Progress::NeedMore => {
                         received += self.inbuf.len() as u64;
@@ -147,7 +148,8 @@ where
         while receiver.remaining() > 0 {
             if !self.inbuf.is_empty() {
                 let progress = receiver.feed(&self.inbuf);
-                incoming.forward(receiver.take()).await;
+                incoming.forward(receiver.output()).await;
+                receiver.clear_output();
                 match progress {
                     Progress::NeedMore => {
                         received += self.inbuf.len() as u64;
@@ -204,7 +206,7 @@ where
         end: Result<Bytes, DataError>,
     ) -> Result<Flow, SessionError> {
         match end {
-            Ok(rest) => incoming.forward(rest).await,
+            Ok(rest) => incoming.forward(&rest).await,
             Err(e) => return Ok(self.reply(&e.reply())),
         }
         if let Some(reply) = incoming.refused.take() {
