@@ -251,7 +251,10 @@ impl Structured {
         if !has_date {
             b = b.date(mail_builder::headers::date::Date::now());
         }
-        match (self.text_body, self.html_body) {
+        // Bodies reach the builder with LF line ends only: it makes each LF a CRLF, but its quoted-printable
+        // encoder leaves the LF of `\r\n\n` bare (found by the `http_inject` fuzz target).
+        let lf_only = |body: String| if body.contains('\r') { body.replace("\r\n", "\n") } else { body };
+        match (self.text_body.map(lf_only), self.html_body.map(lf_only)) {
             (None, None) => b = b.text_body(""),
             (text, html) => {
                 if let Some(t) = text {
@@ -380,6 +383,18 @@ mod tests {
         }
         for from in ["a.b+tag@y.test", "o'brien@y.test", "jörg@bücher.example", "x@[192.0.2.1]"] {
             assert!(structured(json!({"from": from})).is_ok(), "{from}");
+        }
+    }
+
+    /// Found by the `http_inject` fuzz target: `\r\n\n` in a body that needs quoted-printable (a DEL, a
+    /// non-ASCII letter) came out with a bare LF.
+    #[test]
+    fn crlf_then_lf_in_a_quoted_printable_body() {
+        for field in ["text_body", "html_body"] {
+            let body = "<p>a\u{7f}\\\"\r\n\n<<p>l\u{1cf}>line</p>";
+            let msg = structured(json!({"from": "a@b.example", field: body})).unwrap().build("mx.test").unwrap();
+            let msg = String::from_utf8(msg).unwrap();
+            assert_eq!(msg.matches('\n').count(), msg.matches("\r\n").count(), "{msg}");
         }
     }
 
