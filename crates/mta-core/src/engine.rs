@@ -490,7 +490,7 @@ impl Engine {
         metrics::counter!("mta_messages_received_total", "protocol" => protocol).increment(1);
         metrics::counter!("mta_recipients_received_total").increment(record.recipients.len() as u64);
         let timestamp = now_rfc3339();
-        let response = format!("250 2.0.0 Ok: queued as {id}");
+        let response = crate::Response::local(250, (2, 0, 0), format!("Ok: queued as {id}"));
         let events = record
             .recipients
             .iter()

@@ -43,7 +43,7 @@ pub struct Event {
     /// RFC 3339 UTC time.
     pub timestamp: String,
     /// The reply that decided it (our own for receptions).
-    pub response: String,
+    pub response: crate::Response,
     /// The MX host involved, if any.
     pub mx: Option<String>,
     /// Tenant of the message.

@@ -4,6 +4,7 @@
 use mail_parser::MimeHeaders;
 
 use crate::delivery::dsn::{build_dsn, FailedRecipient};
+use crate::Response;
 
 /// What a DSN is built from: everything a remote server, a sender or a stored message controls.
 #[derive(Debug, Clone, Default)]
@@ -34,9 +35,9 @@ impl DsnInput {
         let original = fields.next().unwrap_or(&[]).to_vec();
         let mut failed = Vec::new();
         while let Some(address) = fields.next().map(text) {
-            let reply = fields.next().map(text).unwrap_or_default();
+            let response = response_of(&fields.next().map(text).unwrap_or_default());
             let remote_mta = fields.next().map(text).filter(|m| !m.is_empty());
-            failed.push(FailedRecipient { address, reply, remote_mta });
+            failed.push(FailedRecipient { address, response, remote_mta });
         }
         DsnInput { sender, failed, original, expired: flags & 1 == 1, received_at_ms: u64::from_le_bytes(ms) }
     }
@@ -49,12 +50,25 @@ impl DsnInput {
         out.push(0);
         out.extend_from_slice(&self.original);
         for f in &self.failed {
-            for field in [f.address.as_str(), f.reply.as_str(), f.remote_mta.as_deref().unwrap_or("")] {
+            let response = f.response.to_string();
+            for field in [f.address.as_str(), response.as_str(), f.remote_mta.as_deref().unwrap_or("")] {
                 out.push(0);
                 out.extend_from_slice(field.as_bytes());
             }
         }
         out
+    }
+}
+
+/// A response from arbitrary text, as the delivery client would have it: the text read by the SMTP client's
+/// reply parser (any code, enhanced code and lines a hostile server can send), or, when that refuses it, the
+/// text as our own `550` reason.
+pub fn response_of(text: &str) -> Response {
+    let mut parser = mta_smtp::client::ReplyParser::new();
+    let wire = format!("{}\r\n", text.replace("\r\n", "\n").replace('\n', "\r\n"));
+    match parser.feed(wire.as_bytes()) {
+        Ok((n, Some(reply))) if n == wire.len() => Response::remote(&reply, mta_smtp::client::Stage::Rcpt),
+        _ => Response { enhanced: None, ..Response::local(550, (5, 0, 0), text) },
     }
 }
 

@@ -64,6 +64,7 @@ pub mod fuzzing;
 pub mod incoming;
 pub mod metrics_catalog;
 pub mod reception;
+pub mod response;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Engine, EngineConfig, Injection, RecoveryReport};
@@ -72,3 +73,4 @@ pub use events::{Event, EventLog, EventType};
 pub use incoming::{BodyBudget, Incoming};
 pub use mta_spool::{MessageRecord, Priority, QueueId, RecipientState, Spool};
 pub use reception::Protocol;
+pub use response::{Origin, Response};

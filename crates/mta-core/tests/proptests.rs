@@ -2,7 +2,7 @@
 //! recipients, senders and original messages, and over the seed files.
 
 use mta_core::delivery::dsn::FailedRecipient;
-use mta_core::fuzzing::{dsn, DsnInput};
+use mta_core::fuzzing::{dsn, response_of, DsnInput};
 use mta_smtp::{EnhancedCode, Reply};
 use proptest::prelude::*;
 
@@ -40,8 +40,9 @@ fn original() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn input() -> impl Strategy<Value = DsnInput> {
-    let failed = (".{0,40}", reply(), proptest::option::of("[a-z0-9.-]{0,30}|.{0,10}"))
-        .prop_map(|(address, reply, remote_mta)| FailedRecipient { address, reply, remote_mta });
+    let failed = (".{0,40}", reply(), proptest::option::of("[a-z0-9.-]{0,30}|.{0,10}")).prop_map(
+        |(address, reply, remote_mta)| FailedRecipient { address, response: response_of(&reply), remote_mta },
+    );
     (".{0,40}", prop::collection::vec(failed, 0..5), original(), any::<bool>(), any::<u64>()).prop_map(
         |(sender, failed, original, expired, received_at_ms)| DsnInput {
             sender,
@@ -72,7 +73,7 @@ proptest! {
         input.original.retain(|b| *b != 0);
         for f in &mut input.failed {
             no_nul(&mut f.address);
-            no_nul(&mut f.reply);
+            // Response text has no control characters (NUL included) once typed.
             f.remote_mta = f.remote_mta.take().map(|m| m.replace('\0', " ")).filter(|m| !m.is_empty());
         }
         let back = DsnInput::from_bytes(&input.to_bytes());

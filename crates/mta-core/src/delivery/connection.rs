@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mta_smtp::client::{ClientError, Connection, Envelope, RecipientOutcome};
+use mta_smtp::client::{Connection, Envelope, RecipientOutcome, Stage};
 use mta_smtp::Reply;
 use mta_spool::Fetched;
 
@@ -14,6 +14,7 @@ use super::results::{record, record_known, Outcome, Outcomes};
 use super::runtime::Shared;
 use super::scheduler::{State, Work};
 use super::site::SiteKey;
+use crate::Response;
 
 /// Whether the connection can carry another message.
 enum Next {
@@ -21,32 +22,23 @@ enum Next {
     Close,
 }
 
-fn reply_text(r: &Reply) -> String {
-    let mut out = Vec::new();
-    r.write_to(&mut out);
-    String::from_utf8_lossy(&out).trim_end().replace("\r\n", " ")
-}
-
-/// A reply asking us to slow down: `421`, or `451 4.7.x` (RFC 3463 "security or policy status").
-fn is_throttle(r: &Reply) -> bool {
-    r.code == 421 || (r.code == 451 && r.enhanced.is_some_and(|e| e.class == 4 && e.subject == 7))
-}
-
-fn error_text(e: &ClientError) -> String {
-    match e.reply() {
-        Some(r) => reply_text(r),
-        None => format!("451 4.4.1 {e}"),
+/// Where a recipient's final reply came from: the content's reply when it is that one, else its `RCPT`.
+fn outcome_stage(o: &RecipientOutcome, data_reply: Option<&Reply>) -> Stage {
+    if o.is_delivered() || data_reply.is_some_and(|d| d == o.reply()) {
+        Stage::DataTerm
+    } else {
+        Stage::Rcpt
     }
 }
 
-async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, String), String> {
+async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, String), Response> {
     let hops = match shared.sites.lock().get(key) {
         Some(site) => site.hops.clone(),
-        None => return Err("site vanished".into()),
+        None => return Err(Response::local(451, (4, 4, 1), "site vanished")),
     };
     let mut client = shared.client.clone();
     client.source_address = key.source.or(client.source_address);
-    let mut last = String::from("no next hop");
+    let mut last = Response::local(451, (4, 4, 1), "no next hop");
     for (name, addr) in hops.targets() {
         match Connection::connect(addr, name, &client).await {
             Ok(conn) => {
@@ -55,7 +47,10 @@ async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, Str
             }
             Err(e) => {
                 tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
-                last = format!("{name} [{addr}]: {}", error_text(&e));
+                last = Response::from_error(&e);
+                if last.origin == crate::Origin::Local {
+                    last.text = format!("{name} [{addr}]: {}", last.text);
+                }
             }
         }
     }
@@ -123,7 +118,8 @@ pub(crate) async fn run(shared: &Arc<Shared>, key: &SiteKey) {
             };
             if let Some(w) = work {
                 shared.sched.lock().transition(&w, State::Ready, State::InFlight);
-                let outcome = Outcome::transient(format!("451 4.4.1 Connection failed: {reason}"));
+                // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code.
+                let outcome = Outcome::transient(reason);
                 record(shared, w, State::InFlight, Outcomes::All(outcome), None).await;
             }
             return;
@@ -339,16 +335,16 @@ async fn deliver_one(
         match result {
             Ok(res) => {
                 for (addr, o) in chunk.iter().zip(res.recipients.iter()) {
-                    throttle |= is_throttle(o.reply());
-                    let text = reply_text(o.reply());
+                    let response = Response::remote(o.reply(), outcome_stage(o, res.data_reply.as_ref()));
+                    throttle |= response.is_throttle();
                     let outcome = match o {
-                        RecipientOutcome::Delivered(_) => Outcome::delivered(text),
-                        RecipientOutcome::Transient(_) => Outcome::transient(text),
-                        RecipientOutcome::Permanent(_) => Outcome::permanent(text),
+                        RecipientOutcome::Delivered(_) => Outcome::delivered(response),
+                        RecipientOutcome::Transient(_) => Outcome::transient(response),
+                        RecipientOutcome::Permanent(_) => Outcome::permanent(response),
                     };
                     list.push((addr.clone(), outcome));
                 }
-                throttle |= res.data_reply.as_ref().is_some_and(is_throttle);
+                throttle |= res.data_reply.as_ref().is_some_and(|r| Response::remote(r, Stage::DataTerm).is_throttle());
                 // The client sends RSET itself after a failed transaction; an unusable connection is closed.
                 if !conn.is_usable() {
                     next = Next::Close;
@@ -356,16 +352,17 @@ async fn deliver_one(
                 }
             }
             Err(e) => {
-                throttle |= e.reply().is_some_and(is_throttle);
-                let text = error_text(&e);
-                let outcome = if e.is_permanent() { Outcome::permanent(text) } else { Outcome::transient(text) };
+                let response = Response::from_error(&e);
+                throttle |= response.is_throttle();
+                let outcome =
+                    if e.is_permanent() { Outcome::permanent(response.clone()) } else { Outcome::transient(response) };
                 for addr in chunk {
                     list.push((addr.clone(), outcome.clone()));
                 }
                 if e.is_connection_level() || !conn.is_usable() {
                     next = Next::Close;
                     // Recipients of later chunks were not tried: they take the same transient result.
-                    whole = Some(if e.is_permanent() { Outcome::transient(error_text(&e)) } else { outcome });
+                    whole = Some(if e.is_permanent() { Outcome::transient(Response::from_error(&e)) } else { outcome });
                     break;
                 }
             }

@@ -7,6 +7,7 @@
 use std::fmt::Write;
 
 use crate::reception::rfc5322_now;
+use crate::Response;
 
 /// One failed recipient for the report.
 #[derive(Debug, Clone)]
@@ -14,7 +15,7 @@ pub struct FailedRecipient {
     /// The recipient address.
     pub address: String,
     /// The reply that failed it (or our own reason, for expiry / DNS).
-    pub reply: String,
+    pub response: Response,
     /// The remote MTA that answered, if any.
     pub remote_mta: Option<String>,
 }
@@ -55,28 +56,15 @@ pub fn original_headers(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The `Status:` of a failed recipient (RFC 3464): the enhanced code after the reply code (`550 5.1.1 ...` →
-/// `5.1.1`) or opening a local reason (`4.4.7 Message expired ...`), or a default for the class. Only an RFC 3463
-/// code of the failure's class is taken: a hostile server's `550 0.0.0` or `550 9999.1.1` must not make the
-/// DSN unreadable.
-fn status_of(reply: &str) -> String {
-    let mut parts = reply.split_whitespace();
-    let code = parts.next().unwrap_or("");
-    let class = if code.starts_with('4') { "4" } else { "5" };
-    let is_basic_code = code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
-    let enh = if is_basic_code { parts.next() } else { Some(code) };
-    if let Some(enh) = enh {
-        let number = |p: &str| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
-        let mut numbers = enh.split('.');
-        let ok = numbers.next() == Some(class)
-            && numbers.next().is_some_and(number)
-            && numbers.next().is_some_and(number)
-            && numbers.next().is_none();
-        if ok {
-            return enh.to_string();
-        }
+/// The `Status:` of a failed recipient (RFC 3464): the response's enhanced code when it is of the failure's
+/// class (the reply code's first digit), else a default for the class. A hostile server's `550 0.0.0` or
+/// `550 4.1.1` must not make the DSN unreadable or contradict itself.
+fn status_of(response: &Response) -> String {
+    let class = if response.code / 100 == 4 { 4 } else { 5 };
+    match response.enhanced {
+        Some(e) if e.class == class && e.subject <= 999 && e.detail <= 999 => e.to_string(),
+        _ => format!("{class}.0.0"),
     }
-    format!("{class}.0.0")
 }
 
 /// `s` on one line (control characters, CR and LF included, become spaces), cut to `max` octets with `...`
@@ -125,7 +113,7 @@ pub fn build_dsn(
         m.push_str("Your message could not be delivered to one or more recipients. It is attached below.\r\n\r\n");
     }
     for f in failed {
-        let _ = write!(m, "<{}>: {}\r\n", clean(&f.address, MAX_NAME), clean(&f.reply, MAX_REPLY));
+        let _ = write!(m, "<{}>: {}\r\n", clean(&f.address, MAX_NAME), clean(&f.response.to_string(), MAX_REPLY));
     }
     m.push_str("\r\n");
 
@@ -139,13 +127,13 @@ pub fn build_dsn(
             m,
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
             clean(&f.address, MAX_NAME),
-            status_of(&f.reply)
+            status_of(&f.response)
         );
         if let Some(mta) = &f.remote_mta {
             let _ = write!(m, "Remote-MTA: dns; {}\r\n", clean(mta, MAX_NAME));
-            let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", clean(&f.reply, MAX_REPLY));
+            let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", clean(&f.response.to_string(), MAX_REPLY));
         } else {
-            let _ = write!(m, "Diagnostic-Code: x-local; {}\r\n", clean(&f.reply, MAX_REPLY));
+            let _ = write!(m, "Diagnostic-Code: x-local; {}\r\n", clean(&f.response.to_string(), MAX_REPLY));
         }
     }
     m.push_str("\r\n");
@@ -161,18 +149,33 @@ pub fn build_dsn(
 mod tests {
     use super::*;
 
+    /// A response from its text form: a server's reply (`550 5.1.1 …`, multi-line with CRLF), or one of our
+    /// own reasons (`4.4.7 Message expired …`, an enhanced code first).
+    fn resp(text: &str) -> Response {
+        let mut parser = mta_smtp::client::ReplyParser::new();
+        if let Ok((_, Some(reply))) = parser.feed(format!("{text}\r\n").as_bytes()) {
+            return Response::remote(&reply, mta_smtp::client::Stage::Rcpt);
+        }
+        let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let parts: Vec<u16> = code.split('.').filter_map(|p| p.parse().ok()).collect();
+        match parts[..] {
+            [c, s, d] => Response::local(c * 100 + 50, (c as u8, s, d), rest),
+            _ => Response { enhanced: None, ..Response::local(550, (5, 0, 0), text) },
+        }
+    }
+
     #[test]
     fn dsn_names_every_failed_recipient_with_original_headers() {
         let original = b"Received: x\r\nFrom: a@s.test\r\nSubject: hello\r\n\r\nsecret body\r\n";
         let failed = vec![
             FailedRecipient {
                 address: "x@d.test".into(),
-                reply: "550 5.1.1 no such user".into(),
+                response: resp("550 5.1.1 no such user"),
                 remote_mta: Some("mx.d.test".into()),
             },
             FailedRecipient {
                 address: "y@d.test".into(),
-                reply: "552 mailbox full".into(),
+                response: resp("552 mailbox full"),
                 remote_mta: Some("mx.d.test".into()),
             },
         ];
@@ -189,7 +192,7 @@ mod tests {
     }
 
     fn dsn_of(reply: &str, original: &[u8]) -> String {
-        let failed = [FailedRecipient { address: "x@d.test".into(), reply: reply.into(), remote_mta: None }];
+        let failed = [FailedRecipient { address: "x@d.test".into(), response: resp(reply), remote_mta: None }];
         String::from_utf8_lossy(&build_dsn("mx.test", "ID1", "a@s.test", "Mon, 1 Jan 2024", &failed, original, false))
             .into_owned()
     }
@@ -229,21 +232,22 @@ mod tests {
         for line in dsn.split("\r\n") {
             assert!(line.len() <= 998, "line of {} octets", line.len());
         }
-        assert!(dsn.contains("Diagnostic-Code: x-local; 550-5.7.1 xxx"));
+        // Multi-line replies are one line since responses are typed: `<code> <enhanced> <lines joined by a space>`.
+        assert!(dsn.contains("Diagnostic-Code: x-local; 550 5.7.1 xxx"));
         assert!(dsn.contains("xxx...\r\n"), "a cut reply says so");
     }
 
     /// Found by the `dsn` fuzz target: `400 0.0.0` from a server became `Status: 0.0.0`, not an RFC 3463 code.
     #[test]
     fn status_is_a_failure_code_of_the_reply_class() {
-        assert_eq!(status_of("400 0.0.0 "), "4.0.0");
-        assert_eq!(status_of("550 9999.1.1 x"), "5.0.0");
-        assert_eq!(status_of("550 4.1.1 x"), "5.0.0", "class differs from the reply's");
-        assert_eq!(status_of("250 2.0.0 ok"), "5.0.0", "not a failure");
-        assert_eq!(status_of("550 5.7.26 unauthenticated"), "5.7.26");
-        assert_eq!(status_of("451 4.7.1 greylisted"), "4.7.1");
-        assert_eq!(status_of("4.4.7 Message expired; last error: 451 4.7.1 x"), "4.4.7");
-        assert_eq!(status_of("5.1.2 No MX for nx.test"), "5.1.2");
-        assert_eq!(status_of(""), "5.0.0");
+        assert_eq!(status_of(&resp("400 0.0.0 ")), "4.0.0");
+        assert_eq!(status_of(&resp("550 9999.1.1 x")), "5.0.0");
+        assert_eq!(status_of(&resp("550 4.1.1 x")), "5.0.0", "class differs from the reply's");
+        assert_eq!(status_of(&resp("250 2.0.0 ok")), "5.0.0", "not a failure");
+        assert_eq!(status_of(&resp("550 5.7.26 unauthenticated")), "5.7.26");
+        assert_eq!(status_of(&resp("451 4.7.1 greylisted")), "4.7.1");
+        assert_eq!(status_of(&resp("4.4.7 Message expired; last error: 451 4.7.1 x")), "4.4.7");
+        assert_eq!(status_of(&resp("5.1.2 No MX for nx.test")), "5.1.2");
+        assert_eq!(status_of(&resp("")), "5.0.0");
     }
 }

@@ -12,6 +12,7 @@ use super::dsn::{build_dsn, FailedRecipient};
 use super::runtime::{now_ms, Shared};
 use super::scheduler::{State, Work};
 use crate::events::{now_rfc3339, Event, EventType};
+use crate::Response;
 
 /// What happened to a recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,22 +23,26 @@ pub(crate) enum Kind {
     Expired,
 }
 
-/// An outcome with the reply that decided it.
+/// An outcome with the response that decided it.
 #[derive(Debug, Clone)]
 pub(crate) struct Outcome {
     pub(crate) kind: Kind,
-    pub(crate) reply: String,
+    pub(crate) response: Response,
 }
 
 impl Outcome {
-    pub(crate) fn transient(reply: impl Into<String>) -> Outcome {
-        Outcome { kind: Kind::Transient, reply: reply.into() }
+    pub(crate) fn transient(response: Response) -> Outcome {
+        Outcome { kind: Kind::Transient, response }
     }
-    pub(crate) fn permanent(reply: impl Into<String>) -> Outcome {
-        Outcome { kind: Kind::Permanent, reply: reply.into() }
+    pub(crate) fn permanent(response: Response) -> Outcome {
+        Outcome { kind: Kind::Permanent, response }
     }
-    pub(crate) fn delivered(reply: impl Into<String>) -> Outcome {
-        Outcome { kind: Kind::Delivered, reply: reply.into() }
+    pub(crate) fn delivered(response: Response) -> Outcome {
+        Outcome { kind: Kind::Delivered, response }
+    }
+    /// Past `max_age`: bounced with `4.4.7` (RFC 3463 "delivery time expired").
+    pub(crate) fn expired(text: String) -> Outcome {
+        Outcome { kind: Kind::Expired, response: Response::local(451, (4, 4, 7), text) }
     }
 }
 
@@ -52,10 +57,7 @@ pub(crate) enum Outcomes {
 
 /// Expire `w` (past `max_age`): bounce its pending recipients with an `expiration` event and a DSN.
 pub(crate) fn expire(shared: Arc<Shared>, w: Work, from: State) {
-    let outcome = Outcome {
-        kind: Kind::Expired,
-        reply: "4.4.7 Message expired: not delivered within the maximum queue lifetime".into(),
-    };
+    let outcome = Outcome::expired("Message expired: not delivered within the maximum queue lifetime".into());
     tokio::spawn(async move { record(&shared, w, from, Outcomes::All(outcome), None).await });
 }
 
@@ -122,13 +124,13 @@ pub(crate) async fn record_known(
         };
         let Some(mut o) = found else { continue };
         if o.kind == Kind::Transient && too_old {
-            o = Outcome { kind: Kind::Expired, reply: format!("4.4.7 Message expired; last error: {}", o.reply) };
+            o = Outcome::expired(format!("Message expired; last error: {}", o.response));
         }
         if !is_expiry {
             r.attempts += 1;
             attempted = true;
         }
-        r.last_reply = Some(o.reply.clone());
+        r.last_reply = Some(o.response.to_string());
         let kind = match o.kind {
             Kind::Delivered => {
                 r.state = RecipientState::Delivered;
@@ -143,7 +145,7 @@ pub(crate) async fn record_known(
                 r.state = RecipientState::Bounced;
                 failed.push(FailedRecipient {
                     address: r.address.clone(),
-                    reply: o.reply.clone(),
+                    response: o.response.clone(),
                     remote_mta: mx.clone(),
                 });
                 EventType::Bounce
@@ -151,7 +153,11 @@ pub(crate) async fn record_known(
             Kind::Expired => {
                 r.state = RecipientState::Bounced;
                 expired_any = true;
-                failed.push(FailedRecipient { address: r.address.clone(), reply: o.reply.clone(), remote_mta: None });
+                failed.push(FailedRecipient {
+                    address: r.address.clone(),
+                    response: o.response.clone(),
+                    remote_mta: None,
+                });
                 EventType::Expiration
             }
         };
@@ -163,7 +169,7 @@ pub(crate) async fn record_known(
             recipient: r.address.clone(),
             domain: r.domain.clone(),
             timestamp: timestamp.clone(),
-            response: o.reply.clone(),
+            response: o.response,
             mx: mx.clone(),
             tenant: rec.tenant.clone(),
             source: None,

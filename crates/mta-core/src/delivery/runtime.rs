@@ -21,6 +21,7 @@ use super::site::{Site, SiteKey, SiteLimits};
 use super::DeliveryConfig;
 use crate::dns::{DnsError, Resolver};
 use crate::events::EventLog;
+use crate::Response;
 
 /// Due pairs taken from the timer heap per wake-up.
 const POP_BATCH: usize = 4096;
@@ -254,13 +255,16 @@ fn route_for<'a>(cfg: &'a DeliveryConfig, domain: &str) -> Option<&'a str> {
 async fn next_hops(shared: &Shared, domain: &str) -> Result<NextHops, Outcome> {
     if let Some(relay) = route_for(&shared.cfg, domain) {
         let Some((host, port, ip)) = parse_relay(relay) else {
-            return Err(Outcome::transient(format!("451 4.3.5 Invalid route {relay:?}")));
+            return Err(Outcome::transient(Response::local(451, (4, 3, 5), format!("Invalid route {relay:?}"))));
         };
         let addrs = match ip {
             Some(ip) => vec![SocketAddr::new(ip, port)],
             None => match shared.resolver.lookup_ip(&host).await {
                 Ok(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
-                Err(e) => return Err(Outcome::transient(format!("451 4.4.3 Route host {host} lookup failed: {e}"))),
+                Err(e) => {
+                    let text = format!("Route host {host} lookup failed: {e}");
+                    return Err(Outcome::transient(Response::local(451, (4, 4, 3), text)));
+                }
             },
         };
         return Ok(NextHops::route(relay, addrs));
@@ -270,19 +274,26 @@ async fn next_hops(shared: &Shared, domain: &str) -> Result<NextHops, Outcome> {
             let had_hosts = !plan.hosts.is_empty();
             let plan = plan.without_self(&shared.cfg.own_names);
             if had_hosts && plan.hosts.is_empty() {
-                return Err(Outcome::permanent(format!("554 5.4.6 MX for {domain} points back to us (mail loop)")));
+                let text = format!("MX for {domain} points back to us (mail loop)");
+                return Err(Outcome::permanent(Response::local(554, (5, 4, 6), text)));
             }
             let hops = NextHops::from_mx(&plan, shared.cfg.port);
             if hops.hosts.is_empty() {
-                return Err(Outcome::transient(format!("451 4.4.3 No address for any MX host of {domain}")));
+                let text = format!("No address for any MX host of {domain}");
+                return Err(Outcome::transient(Response::local(451, (4, 4, 3), text)));
             }
             Ok(hops)
         }
         Err(DnsError::NullMx) => {
-            Err(Outcome::permanent(format!("556 5.1.10 Domain {domain} does not accept mail (null MX)")))
+            let text = format!("Domain {domain} does not accept mail (null MX)");
+            Err(Outcome::permanent(Response::local(556, (5, 1, 10), text)))
         }
-        Err(e) if e.is_permanent() => Err(Outcome::permanent(format!("550 5.1.2 Domain {domain} not found: {e}"))),
-        Err(e) => Err(Outcome::transient(format!("451 4.4.3 DNS lookup for {domain} failed: {e}"))),
+        Err(e) if e.is_permanent() => {
+            Err(Outcome::permanent(Response::local(550, (5, 1, 2), format!("Domain {domain} not found: {e}"))))
+        }
+        Err(e) => {
+            Err(Outcome::transient(Response::local(451, (4, 4, 3), format!("DNS lookup for {domain} failed: {e}"))))
+        }
     }
 }
 
