@@ -29,8 +29,8 @@ use crate::error::SpoolError;
 use crate::id::QueueId;
 use crate::record::{BodyLocation, MessageRecord, INLINE_MAX, INLINE_SEGMENT};
 use crate::segment::SegmentWriter;
-use crate::spool::Shared;
 use crate::staged::SealedBody;
+use crate::store::Shared;
 
 /// One write, committed through [`crate::Spool::commit`]; all ops of one call become durable together.
 #[derive(Debug, Clone)]

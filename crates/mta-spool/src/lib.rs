@@ -39,6 +39,7 @@ mod segment;
 mod spool;
 mod staged;
 mod stats;
+mod store;
 #[doc(hidden)]
 pub mod testing;
 

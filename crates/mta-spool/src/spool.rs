@@ -3,13 +3,13 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock};
 use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,10 +17,11 @@ use crate::committer::{CommitReply, Committer, Op, Request};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, QueueId};
 use crate::index::Index;
-use crate::record::{BodyLocation, MessageRecord, INLINE_SEGMENT};
+use crate::record::MessageRecord;
 use crate::segment::{fsync_path, Segments};
 use crate::staged::StagedBody;
 use crate::stats::{SpoolStats, Stats};
+use crate::store::Shared;
 
 /// Default size at which a new body segment is started.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -86,37 +87,6 @@ pub struct ScanReport {
     pub quarantined: Vec<(String, String)>,
 }
 
-/// State shared by the handles, the committer thread and blocking readers.
-pub(crate) struct Shared {
-    /// The sled index; `None` only while [`Spool::release_scan_memory`] reopens it (or if that failed).
-    index: RwLock<Option<Index>>,
-    /// Where the index lives and its cache cap (to reopen it).
-    index_dir: PathBuf,
-    cache_bytes: u64,
-    pub(crate) segments: Segments,
-    pub(crate) stats: Arc<Stats>,
-    /// Fault injection: the committer sleeps this long (µs) before each round; 0 = off.
-    pub(crate) flush_delay_us: AtomicU64,
-}
-
-impl Shared {
-    /// The index, for the duration of the guard. Recursive read locks: a reader never waits behind the one
-    /// writer (the reopen at start-up), so nested reads cannot deadlock.
-    pub(crate) fn index(&self) -> Result<MappedRwLockReadGuard<'_, Index>, SpoolError> {
-        RwLockReadGuard::try_map(self.index.read_recursive(), Option::as_ref)
-            .map_err(|_| SpoolError::Poisoned("the index could not be reopened; restart the process".into()))
-    }
-
-    /// The verified bytes of message `id`: inline in the index or in a body segment.
-    pub(crate) fn read_body(&self, id: &QueueId, loc: &BodyLocation) -> Result<Bytes, SpoolError> {
-        if loc.segment == INLINE_SEGMENT {
-            self.index()?.read_inline(id, loc)
-        } else {
-            self.segments.read(id, loc)
-        }
-    }
-}
-
 /// A message read for delivery by [`Spool::get_many_with_body`].
 #[derive(Debug)]
 pub struct Fetched {
@@ -143,6 +113,8 @@ struct Inner {
     shared: Arc<Shared>,
     ids: IdGenerator,
     path: PathBuf,
+    /// Commits submitted and not yet answered.
+    in_flight: AtomicUsize,
     /// Our exclusive `flock` on `<path>/lock`; declared last so it is released after everything else.
     _lock: File,
 }
@@ -235,6 +207,7 @@ impl Spool {
                 shared,
                 ids,
                 path,
+                in_flight: AtomicUsize::new(0),
                 _lock: lock,
             }),
         })
@@ -270,6 +243,13 @@ impl Spool {
         stored.pop().ok_or(SpoolError::Closed)
     }
 
+    /// Commits submitted and not yet answered (a caller gone before its answer counts until then too).
+    /// Tests under tokio's paused clock use it to let time advance only while no commit is pending: the
+    /// committer is a thread the paused clock does not see.
+    pub fn commits_in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
     /// Commit `ops` in one round: all durable together, in order, or an error for all.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
         self.submit(ops).await.map(|_| ())
@@ -295,6 +275,7 @@ impl Spool {
             return Ok(Vec::new());
         }
         let tx = self.inner.tx.as_ref().ok_or(SpoolError::Closed)?;
+        let _in_flight = InFlight::enter(&self.inner.in_flight);
         let (reply, answer) = oneshot::channel();
         tx.send(Request::Commit { ops, reply, enqueued: Instant::now() }).await.map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
@@ -625,4 +606,20 @@ fn hex(bytes: &[u8]) -> String {
 /// A blocking task that panicked or was cancelled.
 fn join_error(e: tokio::task::JoinError) -> SpoolError {
     SpoolError::io("blocking spool task", std::io::Error::other(e.to_string()))
+}
+
+/// Counts one commit as in flight while alive.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

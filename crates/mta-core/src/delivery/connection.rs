@@ -2,18 +2,18 @@
 //! the queue is empty, the per-connection limit is reached, the peer fails, or we are stopping.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
-use mta_smtp::client::{Connection, Envelope, RecipientOutcome, Stage};
+use mta_smtp::client::{Envelope, RecipientOutcome, Stage};
 use mta_smtp::Reply;
 use mta_spool::Fetched;
 
-use super::results::{record, record_known, Outcome, Outcomes};
-use super::runtime::Shared;
+use super::context::Context;
+use super::recorder::{Outcome, Outcomes};
 use super::scheduler::{State, Work};
 use super::site::SiteKey;
+use super::sites::PREFETCH;
+use super::transport::Session;
 use crate::Response;
 
 /// Whether the connection can carry another message.
@@ -31,34 +31,6 @@ fn outcome_stage(o: &RecipientOutcome, data_reply: Option<&Reply>) -> Stage {
     }
 }
 
-async fn connect(shared: &Arc<Shared>, key: &SiteKey) -> Result<(Connection, String), Response> {
-    let hops = match shared.sites.lock().get(key) {
-        Some(site) => site.hops.clone(),
-        None => return Err(Response::local(451, (4, 4, 1), "site vanished")),
-    };
-    let mut client = shared.client.clone();
-    client.source_address = key.source.or(client.source_address);
-    let mut last = Response::local(451, (4, 4, 1), "no next hop");
-    for (name, addr) in hops.targets() {
-        match Connection::connect(addr, name, &client).await {
-            Ok(conn) => {
-                metrics::counter!("mta_delivery_connections_opened_total").increment(1);
-                return Ok((conn, name.to_string()));
-            }
-            Err(e) => {
-                tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
-                last = Response::from_error(&e);
-                if last.origin == crate::Origin::Local {
-                    last.text = format!("{name} [{addr}]: {}", last.text);
-                }
-            }
-        }
-    }
-    Err(last)
-}
-
-/// Messages a connection reads from the spool in one blocking call (prefetch while it sends).
-pub(crate) const PREFETCH: usize = 8;
 /// Bodies prefetched per batch beyond the first, in bytes: what a connection may hold ahead of sending, outside
 /// the in-flight memory budget (which covers the message on the wire), so large messages are read one at a time.
 const PREFETCH_BODY_BYTES: u64 = 64 * 1024;
@@ -99,54 +71,48 @@ impl Recording {
 }
 
 /// Run one connection for the site `key`.
-pub(crate) async fn run(shared: &Arc<Shared>, key: &SiteKey) {
-    let (mut conn, mx) = match connect(shared, key).await {
+pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
+    let Some((hops, limit)) = ctx.sites.hops(key) else { return };
+    let (mut conn, mx) = match ctx.transport.connect(&hops, key.source).await {
         Ok(c) => {
-            if let Some(site) = shared.sites.lock().get_mut(key) {
-                site.connected();
-            }
+            ctx.sites.connected(key);
             c
         }
         Err(reason) => {
             // Every address failed: one pending message takes the attempt (so it moves toward expiry); the
             // circuit opens after repeated failures so the rest don't each wait out a connect timeout.
-            let work = {
-                let mut sites = shared.sites.lock();
-                let Some(site) = sites.get_mut(key) else { return };
-                site.connect_failed(Instant::now(), shared.cfg.circuit_threshold, shared.cfg.circuit_open_for);
-                site.pop(Instant::now())
-            };
+            let now = ctx.clock.instant();
+            let work = ctx.sites.connect_failed(key, now, ctx.cfg.circuit_threshold, ctx.cfg.circuit_open_for);
             if let Some(w) = work {
-                shared.sched.lock().transition(&w, State::Ready, State::InFlight);
+                ctx.timers.transition_all([&w], State::Ready, State::InFlight);
                 // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code.
                 let outcome = Outcome::transient(reason);
-                record(shared, w, State::InFlight, Outcomes::All(outcome), None).await;
+                ctx.recorder.record(w, State::InFlight, Outcomes::All(outcome), None, None).await;
             }
             return;
         }
     };
-    let limit = shared.sites.lock().get(key).map(|s| s.limits.messages_per_connection).unwrap_or(1);
     let mut sent = 0usize;
     let mut taken: VecDeque<Taken> = VecDeque::new();
     let mut recording = Recording::default();
     let mut next = Next::Continue;
-    while sent < limit && !shared.stopping.load(Ordering::Acquire) {
+    while sent < limit && !ctx.is_stopping() {
         if taken.is_empty() {
-            let batch = next_batch(shared, key, (limit - sent).min(PREFETCH)).await;
+            let batch = next_batch(ctx, key, (limit - sent).min(PREFETCH)).await;
             if batch.is_empty() {
                 break;
             }
-            fetch(shared, batch, &mut taken).await;
+            fetch(ctx, batch, &mut taken).await;
         }
         let Some((w, fetched)) = taken.pop_front() else { continue };
         sent += 1;
-        next = deliver_one(shared, key, &mut conn, &mx, w, fetched, &mut recording).await;
+        next = deliver_one(ctx, key, conn.as_mut(), &mx, w, fetched, &mut recording).await;
         if matches!(next, Next::Close) {
             break;
         }
     }
-    give_back(shared, key, taken);
-    if matches!(next, Next::Continue) {
+    give_back(ctx, key, taken);
+    if matches!(next, Next::Continue) && conn.is_usable() {
         conn.quit().await;
     } else {
         drop(conn);
@@ -156,145 +122,59 @@ pub(crate) async fn run(shared: &Arc<Shared>, key: &SiteKey) {
 
 /// Take up to `max` messages: wait for the first, then as many more as are queued, within this connection's
 /// fair share of the queue (so the site's other connections are not starved).
-async fn next_batch(shared: &Arc<Shared>, key: &SiteKey, max: usize) -> Vec<Work> {
-    let Some(first) = next_work(shared, key).await else { return Vec::new() };
+async fn next_batch(ctx: &Arc<Context>, key: &SiteKey, max: usize) -> Vec<Work> {
+    let deadline = ctx.clock.instant() + ctx.cfg.idle_timeout;
+    let Some(first) = ctx.sites.next_work(key, deadline, || ctx.is_stopping()).await else { return Vec::new() };
     let mut batch = vec![first];
-    if max > 1 {
-        let mut sites = shared.sites.lock();
-        if let Some(site) = sites.get_mut(key) {
-            let share = site.len() / site.active.max(1);
-            let now = Instant::now();
-            for _ in 0..share.min(max - 1) {
-                match site.pop(now) {
-                    Some(w) => batch.push(w),
-                    None => break,
-                }
-            }
-        }
-    }
+    batch.extend(ctx.sites.take_more(key, max, ctx.clock.instant()));
     batch
 }
 
 /// Mark `batch` in flight and read its records and bodies in one trip to the spool.
-async fn fetch(shared: &Arc<Shared>, batch: Vec<Work>, taken: &mut VecDeque<Taken>) {
-    let mut works = Vec::with_capacity(batch.len());
-    let mut ids = Vec::with_capacity(batch.len());
-    {
-        let mut s = shared.sched.lock();
-        for w in batch {
-            s.transition(&w, State::Ready, State::InFlight);
-            match w.msg.to_queue_id(&s.nodes) {
-                Some(id) => {
-                    works.push(w);
-                    ids.push(id);
-                }
-                None => s.leave(&w, State::InFlight),
-            }
-        }
-    }
-    let reads = shared.spool.get_many_with_body(ids, PREFETCH_BODY_BYTES).await;
+async fn fetch(ctx: &Arc<Context>, batch: Vec<Work>, taken: &mut VecDeque<Taken>) {
+    let (works, ids) = ctx.timers.take_in_flight(batch);
+    let reads = ctx.spool.get_many_with_body(ids, PREFETCH_BODY_BYTES).await;
     taken.extend(works.into_iter().zip(reads));
 }
 
 /// Return prefetched messages the connection did not send to the front of the site's ready queue, in order.
-fn give_back(shared: &Arc<Shared>, key: &SiteKey, taken: VecDeque<Taken>) {
+fn give_back(ctx: &Arc<Context>, key: &SiteKey, taken: VecDeque<Taken>) {
     if taken.is_empty() {
         return;
     }
-    // One lock at a time (no lock-order to keep in mind): the site queue first, the timer for any leftover.
-    let orphaned: Vec<Work> = {
-        let mut sites = shared.sites.lock();
-        match sites.get_mut(key) {
-            Some(site) => {
-                for (w, _) in taken.iter().rev() {
-                    site.push_front(*w);
-                }
-                Vec::new()
-            }
-            // The site is only removed once it has no connection; keep the work on the timer regardless.
-            None => taken.iter().map(|(w, _)| *w).collect(),
-        }
-    };
-    {
-        let mut sched = shared.sched.lock();
-        for (w, _) in &taken {
-            sched.transition(w, State::InFlight, State::Ready);
-        }
-    }
-    for w in orphaned {
-        shared.reschedule(w, State::Ready, super::runtime::now_ms());
-    }
-}
-
-/// The next work for this connection: at once if queued, else wait up to the idle time for more (so a trickle
-/// of messages reuses one connection instead of opening one each).
-async fn next_work(shared: &Arc<Shared>, key: &SiteKey) -> Option<Work> {
-    let deadline = Instant::now() + shared.cfg.idle_timeout;
-    let mut idle = false;
-    let work = loop {
-        let (work, rate_wait, wake) = match shared.sites.lock().get_mut(key) {
-            Some(site) => {
-                let w = site.pop(Instant::now());
-                if w.is_some() && idle {
-                    site.idle -= 1;
-                    idle = false;
-                } else if w.is_none() && !idle {
-                    site.idle += 1;
-                    idle = true;
-                }
-                (w, site.rate_wait(), Some(site.work_ready.clone()))
-            }
-            None => (None, std::time::Duration::ZERO, None),
-        };
-        let now = Instant::now();
-        if work.is_some() || shared.stopping.load(Ordering::Acquire) || now >= deadline {
-            break work;
-        }
-        let left = deadline - now;
-        match wake {
-            // Rate-limited: the next token is due at a known time.
-            _ if !rate_wait.is_zero() => tokio::time::sleep(rate_wait.min(left)).await,
-            // Otherwise sleep until work is queued (or the idle time is over): no polling.
-            Some(wake) => {
-                let _ = tokio::time::timeout(left, wake.notified()).await;
-            }
-            None => break None,
-        }
-    };
-    if idle {
-        if let Some(site) = shared.sites.lock().get_mut(key) {
-            site.idle = site.idle.saturating_sub(1);
-        }
-    }
-    work
+    let works: Vec<Work> = taken.into_iter().map(|(w, _)| w).collect();
+    // One owner at a time (no lock order to keep in mind): the site queue first, the timer for any leftover.
+    let orphaned = ctx.sites.give_back(key, &works);
+    ctx.timers.transition_all(&works, State::InFlight, State::Ready);
+    ctx.timers.reschedule_all(orphaned, State::Ready, ctx.clock.now_ms());
 }
 
 async fn deliver_one(
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     key: &SiteKey,
-    conn: &mut Connection,
+    conn: &mut dyn Session,
     mx: &str,
     w: Work,
     fetched: Result<Option<Fetched>, mta_spool::SpoolError>,
     recording: &mut Recording,
 ) -> Next {
-    let domain = shared.sched.lock().domains.name(w.domain);
-    let now = super::runtime::now_ms();
-    if now.saturating_sub(w.received_ms) >= shared.cfg.max_age.as_millis() as u64 {
-        super::results::expire(shared.clone(), w, State::InFlight);
+    let domain = ctx.timers.domain_name(w.domain);
+    let now = ctx.clock.now_ms();
+    if now.saturating_sub(w.received_ms) >= ctx.cfg.max_age.as_millis() as u64 {
+        ctx.recorder.expire(w, State::InFlight);
         return Next::Continue;
     }
     let (rec, body) = match fetched {
         Ok(Some(Fetched { record, body: Some(body) })) => (record, body),
-        Ok(Some(Fetched { record, body: None })) => match shared.spool.read_body(&record).await {
+        Ok(Some(Fetched { record, body: None })) => match ctx.spool.read_body(&record).await {
             Ok(body) => (record, body),
-            Err(e) => return unreadable(shared, w, e, now),
+            Err(e) => return unreadable(ctx, w, e, now),
         },
         Ok(None) => {
-            shared.sched.lock().leave(&w, State::InFlight);
+            ctx.timers.leave(&w, State::InFlight);
             return Next::Continue;
         }
-        Err(e) => return unreadable(shared, w, e, now),
+        Err(e) => return unreadable(ctx, w, e, now),
     };
     let rcpts: Vec<String> = rec
         .recipients
@@ -303,19 +183,16 @@ async fn deliver_one(
         .map(|r| r.address.clone())
         .collect();
     if rcpts.is_empty() {
-        shared.sched.lock().leave(&w, State::InFlight);
+        ctx.timers.leave(&w, State::InFlight);
         return Next::Continue;
     }
-    let held = shared.hold.read().as_ref().is_some_and(|check| check(&body));
-    if held {
+    if ctx.holds(&body) {
         metrics::counter!("mta_delivery_held_total").increment(1);
         tracing::info!(id = %rec.id, "message held (sender pre-flight mismatch); re-checked in 5 minutes");
-        shared.reschedule(w, State::InFlight, now + 300_000);
+        ctx.timers.reschedule(w, State::InFlight, now + 300_000);
         return Next::Continue;
     }
-    // Bounded by the total so a message larger than the whole budget waits for all of it instead of forever.
-    let kib = u32::try_from(body.len() / 1024 + 1).unwrap_or(u32::MAX).min(shared.mem_permits_total);
-    let _mem = shared.mem_permits.clone().acquire_many_owned(kib).await.ok();
+    let _memory = ctx.memory_for(body.len()).await;
     let needs_8bit = body.iter().any(|b| *b >= 0x80);
     let mut throttle = false;
     let mut list = Vec::with_capacity(rcpts.len());
@@ -329,7 +206,7 @@ async fn deliver_one(
             needs_8bit,
             needs_smtputf8: !rec.sender.is_ascii() || chunk.iter().any(|r| !r.is_ascii()),
         };
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let result = conn.send(&env, &body).await;
         metrics::histogram!("mta_delivery_send_seconds").record(started.elapsed().as_secs_f64());
         match result {
@@ -378,15 +255,13 @@ async fn deliver_one(
         None => Outcomes::Each(list),
     };
     if throttle {
-        if let Some(site) = shared.sites.lock().get_mut(key) {
-            site.throttle(Instant::now(), shared.cfg.throttle_for);
-        }
+        ctx.sites.throttle(key, ctx.clock.instant(), ctx.cfg.throttle_for);
     }
     // With a single destination nobody else updates this record meanwhile: the copy read above is current.
     let known = (rec.schedules.len() == 1).then_some(rec);
-    let (shared, mx) = (shared.clone(), mx.to_string());
+    let (recorder, mx) = (ctx.recorder.clone(), mx.to_string());
     let task = tokio::spawn(async move {
-        record_known(&shared, w, State::InFlight, outcomes, Some(mx), known).await;
+        recorder.record(w, State::InFlight, outcomes, Some(mx), known).await;
     });
     recording.push(task).await;
     next
@@ -394,17 +269,17 @@ async fn deliver_one(
 
 /// A message that could not be read: a corrupt one stays in the spool for an operator (it can never be
 /// delivered as accepted); on other errors the attempt is retried later.
-fn unreadable(shared: &Arc<Shared>, w: Work, e: mta_spool::SpoolError, now: u64) -> Next {
+fn unreadable(ctx: &Arc<Context>, w: Work, e: mta_spool::SpoolError, now: u64) -> Next {
     match e {
         mta_spool::SpoolError::Corrupt { key, reason } => {
             tracing::error!(%key, %reason, "message unreadable; left in the spool, not delivered");
             metrics::counter!("mta_delivery_unreadable_total").increment(1);
-            shared.sched.lock().leave(&w, State::InFlight);
+            ctx.timers.leave(&w, State::InFlight);
         }
         e => {
-            let id = w.msg.to_queue_id(&shared.sched.lock().nodes).map(|id| id.to_string()).unwrap_or_default();
+            let id = ctx.timers.names(&w).0.map(|id| id.to_string()).unwrap_or_default();
             tracing::error!(%id, error = %e, "cannot read message for delivery");
-            shared.reschedule(w, State::InFlight, now + 60_000);
+            ctx.timers.reschedule(w, State::InFlight, now + 60_000);
         }
     }
     Next::Continue

@@ -2,14 +2,23 @@
 //!
 //! # Layout
 //! - `scheduler`: the synchronous core — one timer heap for every scheduled (message, domain) pair, queue
-//!   accounting per (tenant, domain), suspensions.
-//! - `site`: ready queues per (egress source, site) with adaptive limits (throttling, circuit breaker, rate).
+//!   accounting per (tenant, domain), suspensions. `timers` owns it (its lock and the timer loop's wake-up).
+//! - `site`: one ready queue per (egress source, site) with adaptive limits (throttling, circuit breaker,
+//!   rate). `sites` owns the table of them: queue work, plan connections, take a batch, wait for work, give
+//!   back, connection started/ended.
+//! - `recorder`: owns result recording — spool group commit, DSNs, events, per-message stripe locks, then
+//!   the scheduler.
+//! - `connection`: one outbound connection carrying many messages; it gets the sites table, the recorder,
+//!   the timers and a clock (`context` holds them with the global limits).
+//! - `transport`: the seam to the wire (SMTP in the engine, a scripted receiver in the runtime's tests);
+//!   `clock`: wall and monotonic time (tokio's paused clock in tests).
+//! - `runtime`: the async driver — the timer loop, DNS, dispatch within limits, graceful stop.
 //! - `plan`: next hops from the MX plan or a configured route; the site name.
-//! - `runtime`: the async driver — timers, DNS, dispatch within limits, graceful stop.
-//! - `connection`: one outbound connection carrying many messages.
-//! - `results`: outcomes recorded through the spool's group commit, events, retries, DSNs.
-//! - [`dsn`]: RFC 3464 delivery status notifications.
-//! - `ids`: compact in-memory ids so millions of queued messages fit in little memory.
+//! - [`dsn`]: RFC 3464 delivery status notifications. `ids`: compact in-memory ids so millions of queued
+//!   messages fit in little memory.
+//!
+//! Dependencies point one way: `runtime` → `connection` → {`sites`, `recorder`, `timers`, `transport`} →
+//! {`site`, `scheduler`, `dsn`}; nothing points back at `runtime`.
 //!
 //! # Where a unit of work is
 //!
@@ -17,13 +26,13 @@
 //! tenant and pool. At any moment it is in exactly one of these places, and the scheduler's counts
 //! (`State`) say which:
 //!
-//! 1. **Scheduled** — on the scheduler's timer heap until its due time (`sched`).
+//! 1. **Scheduled** — on the scheduler's timer heap until its due time (`timers`).
 //! 2. **Ready** — due: first resolving its next hops (`resolve_and_queue`), then in the ready queue of its
-//!    site (`sites[SiteKey].queue`), where a connection takes it. A site whose circuit is open puts its queue
-//!    back on the timer until the probe time; a suspended domain's work is `Held` on the scheduler instead.
-//! 3. **In flight** — taken by a connection: in its read-ahead batch (`next_batch`, up to `PREFETCH`, with
-//!    record and body read in one spool call), or on the wire. When a connection closes early, the batch it
-//!    read ahead goes back to the *front* of the site's ready queue, in order (`give_back`).
+//!    site (`sites`), where a connection takes it. A site whose circuit is open puts its queue back on the
+//!    timer until the probe time; a suspended domain's work is `Held` on the scheduler instead.
+//! 3. **In flight** — taken by a connection: in its read-ahead batch (up to `PREFETCH`, with record and body
+//!    read in one spool call), or on the wire. When a connection closes early, the batch it read ahead goes
+//!    back to the *front* of the site's ready queue, in order (`Sites::give_back`).
 //! 4. **Recording** — its result is being made durable: a background task per connection (at most 32
 //!    outstanding) takes the message's stripe lock (several domains of one message can finish at once and
 //!    share one record), commits the record update, DSN and removals through the spool's group commit,
@@ -35,11 +44,11 @@
 //!
 //! # Locks
 //!
-//! `sched` (the scheduler), `sites` (ready queues and site limits) and `starved` (sites waiting for a global
-//! connection permit) are `parking_lot` mutexes, held for a few map operations and never across an `.await`.
-//! `sched` and `sites` are never held together: code that touches both takes one, releases it, then the
-//! other. `starved` is taken alone or while `sites` is held (dispatch), never the other way round. The per-message
-//! stripe locks are async mutexes taken before `sched` during recording, never while `sites` is held.
+//! Each owner has its own `parking_lot` mutex, private to its module and held for a few map operations,
+//! never across an `.await`: the scheduler (`timers`), the sites table and its starved list (`sites`; the
+//! starved list is taken only while the table is held, never the other way round). No operation of one
+//! owner calls another, so no two of these locks are ever held together. The per-message stripe locks
+//! (`recorder`) are async mutexes, held across the commit and taken before any of the above.
 
 pub mod dsn;
 pub(crate) mod ids;
@@ -47,15 +56,23 @@ pub(crate) mod plan;
 pub(crate) mod scheduler;
 pub(crate) mod site;
 
+mod clock;
 mod connection;
-mod results;
+mod context;
+mod recorder;
 mod runtime;
+mod sites;
+#[cfg(test)]
+mod tests;
+mod timers;
+mod transport;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use runtime::{Delivery, HoldCheck};
+pub use context::HoldCheck;
+pub use runtime::Delivery;
 pub use scheduler::{QueueCounts, QueueRow};
 
 /// A per-destination override of the default limits (`[[shaping]]`).

@@ -1,0 +1,267 @@
+//! The recorder: owns result recording. Recipient states and the domain's schedule are updated through the
+//! spool's group commit, a DSN written in the same round as the failure it reports, then events go out, then
+//! the scheduler learns: gone, or scheduled again at the next retry time.
+//!
+//! Order matters for the invariant "a message is in the spool until each recipient is delivered or bounced":
+//! the DSN and the new states become durable together, and only after that do events go out and memory forget.
+
+use std::sync::Arc;
+
+use mta_spool::{MessageKind, MessageRecord, Op, Priority, RecipientState};
+
+use mta_spool::Spool;
+
+use super::clock::Clock;
+use super::dsn::{build_dsn, FailedRecipient};
+use super::scheduler::{State, Work};
+use super::timers::Timers;
+use super::DeliveryConfig;
+use crate::events::EventLog;
+use crate::events::{now_rfc3339, Event, EventType};
+use crate::Response;
+
+/// What happened to a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Delivered,
+    Transient,
+    Permanent,
+    Expired,
+}
+
+/// An outcome with the response that decided it.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub(crate) kind: Kind,
+    pub(crate) response: Response,
+}
+
+impl Outcome {
+    pub(crate) fn transient(response: Response) -> Outcome {
+        Outcome { kind: Kind::Transient, response }
+    }
+    pub(crate) fn permanent(response: Response) -> Outcome {
+        Outcome { kind: Kind::Permanent, response }
+    }
+    pub(crate) fn delivered(response: Response) -> Outcome {
+        Outcome { kind: Kind::Delivered, response }
+    }
+    /// Past `max_age`: bounced with `4.4.7` (RFC 3463 "delivery time expired").
+    pub(crate) fn expired(text: String) -> Outcome {
+        Outcome { kind: Kind::Expired, response: Response::local(451, (4, 4, 7), text) }
+    }
+}
+
+/// Outcomes of one attempt at one (message, domain).
+#[derive(Debug, Clone)]
+pub(crate) enum Outcomes {
+    /// Every pending recipient of the domain.
+    All(Outcome),
+    /// Per recipient address.
+    Each(Vec<(String, Outcome)>),
+}
+
+/// Makes outcomes durable, then tells events and the scheduler.
+pub(crate) struct Recorder {
+    spool: Spool,
+    events: EventLog,
+    timers: Arc<Timers>,
+    cfg: Arc<DeliveryConfig>,
+    hostname: String,
+    clock: Clock,
+    /// Serialises recording per message (several domains of one message may finish at once).
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Recorder {
+    /// A recorder writing to `spool` and `events`, rescheduling on `timers`.
+    pub(crate) fn new(
+        spool: Spool,
+        events: EventLog,
+        timers: Arc<Timers>,
+        cfg: Arc<DeliveryConfig>,
+        hostname: String,
+        clock: Clock,
+    ) -> Recorder {
+        let stripes = (0..1024).map(|_| tokio::sync::Mutex::new(())).collect();
+        Recorder { spool, events, timers, cfg, hostname, clock, stripes }
+    }
+
+    /// Expire `w` (past `max_age`): bounce its pending recipients with an `expiration` event and a DSN.
+    pub(crate) fn expire(self: &Arc<Self>, w: Work, from: State) {
+        let outcome = Outcome::expired("Message expired: not delivered within the maximum queue lifetime".into());
+        let this = self.clone();
+        tokio::spawn(async move { this.record(w, from, Outcomes::All(outcome), None, None).await });
+    }
+
+    /// Record an outcome decided without a connection (DNS, routing).
+    pub(crate) fn finish_without_connection(self: &Arc<Self>, w: Work, from: State, outcome: Outcome) {
+        let this = self.clone();
+        tokio::spawn(async move { this.record(w, from, Outcomes::All(outcome), None, None).await });
+    }
+
+    /// Apply `outcomes` to the message of `w`, durably, then update events and queues. `known` is the
+    /// message's current record when the caller holds it (a message with one destination: no concurrent
+    /// writer), saving a read.
+    pub(crate) async fn record(
+        &self,
+        w: Work,
+        from: State,
+        outcomes: Outcomes,
+        mx: Option<String>,
+        known: Option<MessageRecord>,
+    ) {
+        let (id, domain) = self.timers.names(&w);
+        let Some(id) = id else {
+            self.timers.leave(&w, from);
+            return;
+        };
+        let guard = self.stripes[w.msg.stripe() % self.stripes.len()].lock().await;
+        let fetched = match known {
+            Some(r) => Ok(Some(r)),
+            None => self.spool.get(&id).await,
+        };
+        let mut rec = match fetched {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.timers.leave(&w, from);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot read record to store a delivery result; retrying later");
+                self.timers.reschedule(w, from, self.clock.now_ms() + 60_000);
+                return;
+            }
+        };
+        let now = self.clock.now_ms();
+        let max_age = self.cfg.max_age.as_millis() as u64;
+        let too_old = now.saturating_sub(rec.received_at_ms) >= max_age;
+        let timestamp = now_rfc3339();
+        let mut events = Vec::new();
+        let mut failed = Vec::new();
+        let mut any_transient = false;
+        let mut attempted = false;
+        let mut expired_any = false;
+        // An expiry sweep is not an attempt: attempts count only real tries.
+        let is_expiry = matches!(&outcomes, Outcomes::All(o) if o.kind == Kind::Expired);
+        for r in rec.recipients.iter_mut().filter(|r| *r.domain == *domain && !r.state.is_final()) {
+            let found = match &outcomes {
+                Outcomes::All(o) => Some(o.clone()),
+                Outcomes::Each(list) => list.iter().find(|(a, _)| *a == r.address).map(|(_, o)| o.clone()),
+            };
+            let Some(mut o) = found else { continue };
+            if o.kind == Kind::Transient && too_old {
+                o = Outcome::expired(format!("Message expired; last error: {}", o.response));
+            }
+            if !is_expiry {
+                r.attempts += 1;
+                attempted = true;
+            }
+            r.last_reply = Some(o.response.to_string());
+            let kind = match o.kind {
+                Kind::Delivered => {
+                    r.state = RecipientState::Delivered;
+                    EventType::Delivery
+                }
+                Kind::Transient => {
+                    r.state = RecipientState::Deferred;
+                    any_transient = true;
+                    EventType::TransientFailure
+                }
+                Kind::Permanent => {
+                    r.state = RecipientState::Bounced;
+                    failed.push(FailedRecipient {
+                        address: r.address.clone(),
+                        response: o.response.clone(),
+                        remote_mta: mx.clone(),
+                    });
+                    EventType::Bounce
+                }
+                Kind::Expired => {
+                    r.state = RecipientState::Bounced;
+                    expired_any = true;
+                    failed.push(FailedRecipient {
+                        address: r.address.clone(),
+                        response: o.response.clone(),
+                        remote_mta: None,
+                    });
+                    EventType::Expiration
+                }
+            };
+            metrics::counter!("mta_delivery_results_total", "result" => event_label(kind)).increment(1);
+            events.push(Event {
+                kind,
+                id: id.to_string(),
+                sender: rec.sender.clone(),
+                recipient: r.address.clone(),
+                domain: r.domain.clone(),
+                timestamp: timestamp.clone(),
+                response: o.response,
+                mx: mx.clone(),
+                tenant: rec.tenant.clone(),
+                source: None,
+                attempts: Some(r.attempts),
+            });
+        }
+        let mut next_due = None;
+        let expires_at = rec.received_at_ms.saturating_add(max_age);
+        if let Some(schedule) = rec.schedule_mut(&domain) {
+            if attempted {
+                schedule.attempts += 1;
+                schedule.last_attempt_ms = Some(now);
+            }
+            if any_transient {
+                let delay = self.cfg.retry_delay(schedule.attempts.max(1)).as_millis() as u64;
+                let due = (now + delay).min(expires_at);
+                schedule.next_attempt_ms = due;
+                next_due = Some(due);
+            }
+        }
+
+        let mut ops = Vec::with_capacity(2);
+        let mut dsn = None;
+        if !failed.is_empty() && !rec.sender.is_empty() && rec.kind != MessageKind::Dsn {
+            let original = self.spool.read_body(&rec).await.unwrap_or_default();
+            let arrival = crate::reception::rfc5322_from_ms(rec.received_at_ms);
+            let bytes = build_dsn(&self.hostname, id.as_str(), &rec.sender, &arrival, &failed, &original, expired_any);
+            let mut d = MessageRecord::new(self.spool.next_id(), "", std::slice::from_ref(&rec.sender), now);
+            d.kind = MessageKind::Dsn;
+            d.priority = Priority::Transactional;
+            d.tenant = rec.tenant.clone();
+            d.source.protocol = "dsn".into();
+            ops.push(Op::Put { record: d.clone(), body: bytes.into() });
+            dsn = Some(d);
+        }
+        if rec.is_done() {
+            ops.push(Op::Remove { id: id.clone() });
+        } else {
+            ops.push(Op::Update { record: rec });
+        }
+        if let Err(e) = self.spool.commit(ops).await {
+            tracing::error!(%id, error = %e, "cannot store delivery result; the attempt will be repeated");
+            self.timers.reschedule(w, from, self.clock.now_ms() + 60_000);
+            return;
+        }
+        // Durable: other domains of this message may record theirs while events go out.
+        drop(guard);
+        self.events.emit(events).await;
+        match next_due {
+            Some(due) => self.timers.reschedule(w, from, due),
+            None => self.timers.leave(&w, from),
+        }
+        if let Some(d) = dsn {
+            metrics::counter!("mta_dsn_generated_total").increment(1);
+            self.timers.enqueue_record(&d);
+        }
+    }
+}
+
+fn event_label(kind: EventType) -> &'static str {
+    match kind {
+        EventType::Reception => "reception",
+        EventType::Delivery => "delivered",
+        EventType::TransientFailure => "transient",
+        EventType::Bounce => "bounced",
+        EventType::Expiration => "expired",
+    }
+}

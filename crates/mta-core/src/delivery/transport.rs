@@ -1,0 +1,81 @@
+//! The seam between connections and the wire: opening an outbound session to a site and sending on it. The
+//! engine uses SMTP ([`Smtp`]); the runtime's unit tests plug in a scripted receiver so retries, throttling,
+//! circuits and shutdown run under tokio's paused clock.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use mta_smtp::client::{ClientConfig, ClientError, Connection, Envelope, SendResult};
+
+use super::plan::NextHops;
+use crate::Response;
+
+/// A boxed future (the traits below are object-safe so the runtime holds `Arc<dyn Transport>`).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An open session and the name of the host it reached.
+pub(crate) type Connected = (Box<dyn Session>, String);
+
+/// Opens outbound sessions.
+pub(crate) trait Transport: Send + Sync {
+    /// A session to the first next hop of `hops` that answers, from `source`; with the name of the host
+    /// reached. The error is the last failure's response.
+    fn connect<'a>(&'a self, hops: &'a NextHops, source: Option<IpAddr>) -> BoxFuture<'a, Result<Connected, Response>>;
+}
+
+/// One open outbound session.
+pub(crate) trait Session: Send {
+    /// Send one message to the envelope's recipients.
+    fn send<'a>(&'a mut self, env: &'a Envelope<'a>, data: &'a [u8]) -> BoxFuture<'a, Result<SendResult, ClientError>>;
+    /// The session can carry another message.
+    fn is_usable(&self) -> bool;
+    /// Say goodbye (`QUIT`) and close.
+    fn quit(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// SMTP over TCP with the engine's client settings.
+pub(crate) struct Smtp {
+    /// Client settings (EHLO name, TLS policy, time limits, default source address).
+    pub(crate) client: ClientConfig,
+}
+
+impl Transport for Smtp {
+    fn connect<'a>(&'a self, hops: &'a NextHops, source: Option<IpAddr>) -> BoxFuture<'a, Result<Connected, Response>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            client.source_address = source.or(client.source_address);
+            let mut last = Response::local(451, (4, 4, 1), "no next hop");
+            for (name, addr) in hops.targets() {
+                match Connection::connect(addr, name, &client).await {
+                    Ok(conn) => {
+                        metrics::counter!("mta_delivery_connections_opened_total").increment(1);
+                        return Ok((Box::new(conn) as Box<dyn Session>, name.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
+                        last = Response::from_error(&e);
+                        if last.origin == crate::Origin::Local {
+                            last.text = format!("{name} [{addr}]: {}", last.text);
+                        }
+                    }
+                }
+            }
+            Err(last)
+        })
+    }
+}
+
+impl Session for Connection {
+    fn send<'a>(&'a mut self, env: &'a Envelope<'a>, data: &'a [u8]) -> BoxFuture<'a, Result<SendResult, ClientError>> {
+        Box::pin(Connection::send(self, env, data))
+    }
+
+    fn is_usable(&self) -> bool {
+        Connection::is_usable(self)
+    }
+
+    fn quit(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(Connection::quit(*self))
+    }
+}
