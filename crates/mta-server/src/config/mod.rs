@@ -1,7 +1,8 @@
 //! The TOML configuration (every key in docs/configuration.md): typed sections, named defaults, unknown keys refused.
 //!
 //! Every key is optional; the embedded defaults are what `cargo run -p mta-server` runs with. Errors name the
-//! dotted key, and the TOML layer's the line too; [`Config::validate`] adds the checks serde cannot express.
+//! dotted key, and for what TOML and serde refuse (syntax, types, unknown keys, values outside an enumeration)
+//! the line and the allowed values; [`Config::validate`] adds the checks serde cannot express.
 //!
 //! # Layout
 //!

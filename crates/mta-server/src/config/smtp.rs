@@ -15,7 +15,7 @@ use crate::duration::HumanDuration;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default `smtp.max_connections_per_ip`.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
-/// Smallest `smtp.max_message_size` accepted: below it not even a bounce fits.
+/// Smallest `smtp.max_message_size` accepted.
 pub const MIN_MESSAGE_SIZE: u64 = 1024;
 
 /// One `[[smtp.users]]`.
