@@ -39,7 +39,7 @@ pub fn config(data: &[u8]) {
         return;
     }
     let _ = config.dkim_keys();
-    let _ = config.backpressure.to_core(config.smtp.max_connections);
+    let _ = mta_core::EngineConfig::from(&config);
     let printed = config.to_toml();
     let again = match Config::parse(&printed, path) {
         Ok(c) => c,

@@ -43,7 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let config = load_config(config_path.as_deref())?;
-            telemetry::init_logs(config.log.format == "json");
+            telemetry::init_logs(config.log.format == config::LogFormat::Json);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("mta-worker").build()?;
             runtime.block_on(serve::run(config))
         }

@@ -46,7 +46,8 @@ pub use preflight::{Preflight, SenderStatus, DEFAULT_REFRESH};
 pub use signing::{KeyAlgorithm, KeyConfig, Signer, DEFAULT_HEADERS, OVERSIGNED_HEADERS};
 
 /// Policy of one inbound check (`auth.spf`, `auth.dkim`, `auth.dmarc`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Not checked, not reported.
     Off,
@@ -58,8 +59,10 @@ pub enum Policy {
     Enforce,
 }
 
-/// The inbound policy: one [`Policy`] per method. ARC is checked (and reported) when DKIM is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The inbound policy: one [`Policy`] per method. ARC is checked (and reported) when DKIM is. It is also
+/// the config file's `[auth]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthPolicy {
     /// `auth.spf`.
     pub spf: Policy,

@@ -34,12 +34,14 @@ pub const OVERSIGNED_HEADERS: &[&str] = &["From", "To", "Subject"];
 /// Smallest RSA key we sign with (RFC 8301: at least 1024, 2048 recommended; our floor: 2048).
 const MIN_RSA_BITS: usize = 2048;
 
-/// `rsa-sha256` or `ed25519-sha256`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `rsa-sha256` or `ed25519-sha256` (serde: exactly these spellings, as in `[[dkim.key]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyAlgorithm {
     /// `rsa-sha256`, key ≥ 2048 bits.
+    #[serde(rename = "rsa-sha256")]
     RsaSha256,
     /// `ed25519-sha256` (RFC 8463).
+    #[serde(rename = "ed25519-sha256")]
     Ed25519Sha256,
 }
 

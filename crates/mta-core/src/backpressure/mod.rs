@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use machine::{Machine, Reading, Rule, Transition};
 
@@ -133,7 +133,7 @@ impl Marks {
 }
 
 /// What a DNS upstream signal above its marks does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DnsAction {
     /// Shed intake like any other signal: other nodes may have healthier resolvers.

@@ -88,8 +88,9 @@ pub struct Shaping {
     pub rate: Option<f64>,
 }
 
-/// A fixed next hop (`[[route]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A fixed next hop (`[[route]]`; the config file's table deserializes into it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Route {
     /// Destination domain or `*`.
     pub domain: String,

@@ -7,6 +7,10 @@ use std::time::Duration;
 pub const DEFAULT_MIN_DATA_RATE: u64 = 1024;
 /// Default `data_rate_grace`.
 pub const DEFAULT_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
+/// Default `max_message_size`: 50 MiB (52,428,800 octets), announced in SIZE; the engine's default too.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 << 20;
+/// Default `max_recipients` per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100); the engine's too.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 
 /// Session settings shared by every connection of a listener (wrap in an `Arc`).
 #[derive(Clone)]
@@ -49,8 +53,8 @@ impl Default for SessionConfig {
             hostname: "localhost".to_owned(),
             max_command_line: 512,
             max_line: 998,
-            max_message_size: 52_428_800,
-            max_recipients: 1000,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: 10,
             max_hops: 50,
             timeout_command: Duration::from_secs(300),
