@@ -64,7 +64,7 @@ use self::auth::Auth;
 use self::error::ApiError;
 use self::idempotency::Idempotency;
 use self::ratelimit::RateLimiter;
-pub use self::routes::ROUTES;
+use self::routes::ROUTES;
 use crate::config::Config;
 
 /// Faults set through `PUT /api/v1/debug/faults` (kept to report them back).

@@ -26,23 +26,38 @@ const DESCRIPTION: &str = "Injection, message status, queues, health and metrics
 /// Name of the bearer security scheme.
 const BEARER: &str = "bearer";
 
-/// The answers of the auth layer ([`super::authorize`]) to every route that needs a key: status, component
-/// name, description, and whether it carries `Retry-After`.
-const AUTH_RESPONSES: &[(&str, &str, &str, bool)] = &[
-    (
-        "401",
-        "Unauthorized",
-        "Missing or malformed `Authorization: Bearer` header (keys are configured) (`unauthorized`).",
-        false,
-    ),
-    (
-        "403",
-        "Forbidden",
-        "Unknown API key (`invalid_api_key`), or no keys are configured and the client is not on loopback \
-         (`forbidden`).",
-        false,
-    ),
-    ("429", "RateLimited", "Per-key rate limit (`http.rate_limit_per_key`) exceeded (`rate_limited`).", true),
+/// One answer of the auth layer ([`super::authorize`]) to a route that needs a key.
+struct AuthAnswer {
+    /// HTTP status.
+    status: &'static str,
+    /// Its name among the document's reusable responses.
+    name: &'static str,
+    description: &'static str,
+    /// A header it carries: name, description, schema type.
+    header: Option<(&'static str, &'static str, Type)>,
+}
+
+/// What every route that needs a key may answer before its handler runs.
+const AUTH_ANSWERS: &[AuthAnswer] = &[
+    AuthAnswer {
+        status: "401",
+        name: "Unauthorized",
+        description: "Missing or malformed `Authorization: Bearer` header (keys are configured) (`unauthorized`).",
+        header: Some(("WWW-Authenticate", "`Bearer`.", Type::String)),
+    },
+    AuthAnswer {
+        status: "403",
+        name: "Forbidden",
+        description: "Unknown API key (`invalid_api_key`), or no keys are configured and the client is not on \
+                      loopback (`forbidden`).",
+        header: None,
+    },
+    AuthAnswer {
+        status: "429",
+        name: "RateLimited",
+        description: "Per-key rate limit (`http.rate_limit_per_key`) exceeded (`rate_limited`).",
+        header: Some(("Retry-After", "Seconds to wait before retrying.", Type::Integer)),
+    },
 ];
 
 /// The document of every route in [`ROUTES`].
@@ -61,19 +76,17 @@ pub fn document() -> OpenApi {
             ),
         )
         .build();
-    for (_, name, description, retry_after) in AUTH_RESPONSES {
-        components.responses.insert(name.to_string(), RefOr::T(error_response(description, *retry_after)));
+    for answer in AUTH_ANSWERS {
+        components.responses.insert(answer.name.to_string(), RefOr::T(error_response(answer)));
     }
     for route in ROUTES {
         let (schemas, mut route_paths, _handler) = (route.endpoint)();
         for item in route_paths.paths.values_mut() {
             for operation in operations(item) {
                 if route.auth {
-                    for (status, name, _, _) in AUTH_RESPONSES {
-                        operation
-                            .responses
-                            .responses
-                            .insert(status.to_string(), RefOr::Ref(Ref::from_response_name(*name)));
+                    for answer in AUTH_ANSWERS {
+                        let reference = RefOr::Ref(Ref::from_response_name(answer.name));
+                        operation.responses.responses.insert(answer.status.to_string(), reference);
                     }
                 } else {
                     // An empty list overrides the document's bearer requirement: no key needed.
@@ -108,19 +121,15 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     .filter_map(Option::as_mut)
 }
 
-/// An error answer with the `Error` schema.
-fn error_response(description: &str, retry_after: bool) -> DocResponse {
+/// An auth answer with the `Error` schema and its header.
+fn error_response(answer: &AuthAnswer) -> DocResponse {
     let mut response = ResponseBuilder::new()
-        .description(description)
+        .description(answer.description)
         .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("Error"))).build());
-    if retry_after {
-        response = response.header(
-            "Retry-After",
-            HeaderBuilder::new()
-                .schema(ObjectBuilder::new().schema_type(Type::Integer))
-                .description(Some("Seconds to wait before retrying."))
-                .build(),
-        );
+    if let Some((name, description, schema_type)) = answer.header.clone() {
+        let header =
+            HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(schema_type)).description(Some(description));
+        response = response.header(name, header.build());
     }
     response.build()
 }
@@ -206,8 +215,9 @@ mod tests {
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
         for route in ROUTES {
             let op = &doc["paths"][route.path][route.method.to_lowercase()];
-            for (status, ..) in AUTH_RESPONSES {
-                assert_eq!(op["responses"].get(*status).is_some(), route.auth, "{route:?} {status}");
+            for answer in AUTH_ANSWERS {
+                let status = answer.status;
+                assert_eq!(op["responses"].get(status).is_some(), route.auth, "{route:?} {status}");
             }
             assert_eq!(op.get("security") == Some(&serde_json::json!([])), !route.auth, "{route:?}");
             assert!(op["operationId"].is_string() && op["summary"].is_string(), "{route:?}");
