@@ -21,6 +21,13 @@ if ! python3 -c "import dkim, nacl" >/dev/null 2>&1; then
     python3 -m pip install --quiet dkimpy pynacl
 fi
 
+# tests/tests/openapi_conformance.rs: the served OpenAPI document validated, and the server's answers checked
+# against it by generated requests.
+if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1 || ! command -v st >/dev/null 2>&1; then
+    echo "installing test tools: openapi-spec-validator schemathesis (PyPI)"
+    python3 -m pip install --quiet openapi-spec-validator schemathesis
+fi
+
 # promtool (Prometheus's linter) checks /metrics: taken from Debian's prometheus package without installing it
 # (installing would start a Prometheus service).
 if [ ! -x target/tools/promtool ] && ! command -v promtool >/dev/null 2>&1; then

@@ -28,6 +28,7 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 
 /// The pre-flight result of one sending domain (one row of `GET /api/v1/senders`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SenderStatus {
     /// The signing domain.
     pub domain: String,

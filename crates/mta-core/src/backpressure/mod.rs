@@ -43,6 +43,7 @@ pub use machine::{Machine, Reading, Rule, Transition};
 /// Health states of the node (`healthy → degraded → shedding`, docs/operations.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = HealthState))]
 pub enum State {
     /// Everything within its marks.
     Healthy = 0,
@@ -74,6 +75,7 @@ impl State {
 /// The signals the monitor watches (names used in reasons, the health API and metric labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Signal {
     /// p99 of spool commit rounds in the window, ms.
     SpoolCommitP99,
@@ -135,6 +137,7 @@ impl Marks {
 /// What a DNS upstream signal above its marks does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DnsAction {
     /// Shed intake like any other signal: other nodes may have healthier resolvers.
     #[default]
@@ -270,10 +273,12 @@ impl From<Overloaded> for crate::InjectError {
 
 /// One signal as shown by the health API.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignalView {
     /// Which signal.
     pub signal: Signal,
     /// Its unit.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "ms"))]
     pub unit: &'static str,
     /// Current value over the window; `null` when the window holds no evidence (no DNS query, ...).
     pub value: Option<f64>,
@@ -288,11 +293,13 @@ pub struct SignalView {
     /// Leave `shedding` past this value.
     pub shed_low_mark: Option<f64>,
     /// "lower" for free disk (worse when lower), else "higher".
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^(higher|lower)$"))]
     pub worse_when: &'static str,
 }
 
 /// Everything the monitor knows at one sample, for the health endpoints.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     /// Current state.
     pub state: State,

@@ -25,11 +25,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use mta_core::{Injection, Protocol};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::idempotency::{self, Idempotency, StoredAnswer};
+use super::inject_schema::InjectRequest;
 use super::parse_pool::PoolError;
 use super::request::{self, Parsed, Request};
 use super::{body, now_ms, HttpState};
@@ -40,7 +42,36 @@ const INLINE_PARSE_MAX: usize = 64 << 10;
 /// An unread body up to this size does not close the connection when a request is refused.
 const SMALL_BODY: u64 = 16 << 10;
 
+/// The answer of an injection: the message is durable in the spool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Queue id (for `GET /api/v1/messages/{id}`).
+    pub id: String,
+    /// Recipients accepted.
+    pub recipients: usize,
+}
+
 /// The handler.
+#[utoipa::path(post, path = "/api/v1/messages", operation_id = "injectMessage",
+    summary = "Inject one message; 202 only after it is durable in the spool.",
+    description = "Raw `content` may use LF line ends: a lone LF is converted to CRLF; a bare CR is refused (`bare_cr`), as are lines over 998 octets (`line_too_long`). Structured `content` is built into MIME with Message-ID and Date. Everything is validated before the spool is touched. Too many recipients (over `smtp.max_recipients`) is 400 `too_many_recipients`; a message over `smtp.max_message_size` is 413 `too_large`. A body over the cap (twice `smtp.max_message_size` plus 64 KiB) is 413 `too_large` with `Connection: close`: before any of it is read when `Content-Length` announces it (send `Expect: 100-continue` to see the 413 before sending the body), as soon as the cap is passed for a chunked body. Bodies in flight share a memory budget (`http.max_body_memory`): past `http.body_memory_wait` the answer is 503 `body_memory_exhausted` with `Retry-After`.",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255,
+        description = "1-255 printable ASCII characters, scoped per API key. The same key within 24 h replays the first answer (header `Idempotent-Replayed: true`) and queues nothing; 409 while the first request is in flight; 422 with a different body.")),
+    request_body(content = InjectRequest, content_type = "application/json",
+        description = "Raw (`content` a string) or structured (`content` an object) message, envelope and options."),
+    responses(
+        (status = 202, description = "Durable in the spool.", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer."))),
+        (status = 400, description = "Invalid JSON (`invalid_json`), field (`invalid_sender`, `invalid_recipient` with `field` = `recipients[N]`, `too_many_recipients`, `no_recipients`, `missing_field`, `unknown_field`, `invalid_field`), content (`header_injection`, `invalid_header`, `bare_cr`, `line_too_long`, `invalid_content`) or Idempotency-Key (`invalid_idempotency_key`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`body_timeout`): 30 s without a byte, or longer in all than 60 s plus 1 s per MiB.", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still in flight (`idempotency_key_in_use`).", body = ErrorBody),
+        (status = 413, description = "Message larger than `smtp.max_message_size` or body too large (`too_large`, with `Connection: close`).", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with a different body (`idempotency_key_reused`).", body = ErrorBody),
+        (status = 500, description = "The request could not be parsed (`internal`).", body = ErrorBody),
+        (status = 503, description = "Shutting down (`shutting_down`), overloaded (`overloaded`: back-pressure; `body_memory_exhausted`: request body memory budget) or spool unavailable (`spool_unavailable`); retry later or elsewhere.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
 pub async fn post_message(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
@@ -112,7 +143,10 @@ async fn inject(
     let (Some(key), Some(request_sha256)) = (idem_key, fingerprint) else {
         let accepted =
             engine.inject_with(injection(request, caller, state.inner.tls.is_some()), |_| Vec::new()).await?;
-        return Ok(accepted_response(json!({"id": accepted.id.as_str(), "recipients": accepted.recipients})));
+        return Ok(accepted_response(Accepted {
+            id: accepted.id.as_str().to_string(),
+            recipients: accepted.recipients,
+        }));
     };
     let aux_key = idempotency::aux_key(&caller.label, &key);
     let table: &Idempotency = &state.inner.idempotency;
@@ -148,13 +182,15 @@ async fn inject(
             let answer = StoredAnswer {
                 request_sha256,
                 status: StatusCode::ACCEPTED.as_u16(),
-                response_body: json!({"id": id.as_str(), "recipients": count}),
+                // Cannot fail: a string and an integer.
+                response_body: serde_json::to_value(Accepted { id: id.as_str().to_string(), recipients: count })
+                    .unwrap_or_default(),
                 created_ms: now,
             };
             vec![Idempotency::record_op(aux_key.clone(), &answer)]
         })
         .await?;
-    Ok(accepted_response(json!({"id": accepted.id.as_str(), "recipients": accepted.recipients})))
+    Ok(accepted_response(Accepted { id: accepted.id.as_str().to_string(), recipients: accepted.recipients }))
 }
 
 /// Parse the body (and build structured content): inline when small, else in the parse pool (below the async
@@ -176,7 +212,7 @@ async fn parse(state: &HttpState, bytes: Vec<u8>, want_fingerprint: bool) -> Res
     }
 }
 
-fn accepted_response(body: Value) -> Response {
+fn accepted_response(body: Accepted) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 

@@ -1,21 +1,27 @@
 //! The HTTP API: injection, message status, health, metrics, OpenAPI (routes and errors in `CONTRACT.md`).
 //!
 //! # Layout
-//! - this file: [`ROUTES`] (the one list the router is built from and the OpenAPI test checks), the router,
-//!   the auth/rate-limit and metrics middleware, [`serve`] (HTTP/1.1 and HTTP/2, plain or TLS).
-//! - [`inject`]: `POST /api/v1/messages`; [`body`]: reading request bodies under the size cap and the
-//!   process-wide body memory budget; [`request`]: the inject body parsed and checked (large ones on the
-//!   low-priority threads of [`parse_pool`]); [`json_text`]: raw
-//!   content decoded from its JSON string straight into message bytes; [`content`]: structured content to
-//!   MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the spool with its message).
-//! - [`status`]: `GET /api/v1/messages/{id}`; [`debug`]: `PUT /api/v1/debug/faults`.
-//! - health: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
-//!   reasons and `Retry-After`) and `GET /api/v1/health` (every signal with its value and marks) are here.
+//! - [`routes`]: [`ROUTES`], every route with its handler; the router here and the OpenAPI document
+//!   ([`openapi`], served at `/api/v1/openapi.json`) are both built from it.
+//! - this file: the router, the auth/rate-limit and metrics middleware, [`serve`] (HTTP/1.1 and HTTP/2, plain
+//!   or TLS).
+//! - [`inject`]: `POST /api/v1/messages`; [`inject_schema`]: the typed shape of its body (for the document);
+//!   [`body`]: reading request bodies under the size cap and the process-wide body memory budget;
+//!   [`request`]: the inject body parsed and checked (large ones on the low-priority threads of
+//!   [`parse_pool`]); [`json_text`]: raw content decoded from its JSON string straight into message bytes;
+//!   [`content`]: structured content to MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the
+//!   spool with its message).
+//! - [`status`]: `GET /api/v1/messages/{id}`; [`queue`]: queue administration and sender pre-flight;
+//!   [`debug`]: `PUT /api/v1/debug/faults`.
+//! - [`health`]: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
+//!   reasons and `Retry-After`), `GET /api/v1/health` (every signal with its value and marks), `/metrics`.
 //! - [`auth`]: bearer keys, loopback rule, trusted proxies; [`ratelimit`]: per-key token buckets.
 //! - [`error`]: `ApiError` and its JSON form; [`listener`]: the accept loops (plain and TLS), where peer
 //!   addresses are made canonical (an IPv4-mapped IPv6 peer is its IPv4 address from there on).
 //! - [`client`]: the `mta-server queue` command (a client of the admin API).
-//! - `openapi.json`: the OpenAPI 3 document served at `/api/v1/openapi.json`.
+//!
+//! Every JSON answer is a typed struct (`Serialize` + `utoipa::ToSchema`) beside its handler, so the document's
+//! schemas are the ones the answers are serialized from.
 
 mod auth;
 mod body;
@@ -23,14 +29,18 @@ pub mod client;
 mod content;
 mod debug;
 mod error;
+mod health;
 mod idempotency;
 mod inject;
+mod inject_schema;
 mod json_text;
 mod listener;
+mod openapi;
 mod parse_pool;
 mod queue;
 mod ratelimit;
 mod request;
+mod routes;
 mod status;
 
 use std::future::Future;
@@ -40,72 +50,22 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
 use axum::serve::ListenerExt;
-use axum::{Json, Router};
+use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use mta_core::backpressure::{Backpressure, State as HealthState};
+use mta_core::backpressure::Backpressure;
 use mta_core::Engine;
-use serde_json::json;
 use tokio::net::TcpListener;
 
 use self::auth::Auth;
 use self::error::ApiError;
 use self::idempotency::Idempotency;
 use self::ratelimit::RateLimiter;
+use self::routes::ROUTES;
 use crate::config::Config;
-
-/// One route of the API.
-#[derive(Debug, Clone, Copy)]
-pub struct Route {
-    /// HTTP method.
-    pub method: &'static str,
-    /// Path in axum (and OpenAPI) syntax.
-    pub path: &'static str,
-    /// Needs an API key (or a loopback client when no keys are configured).
-    pub auth: bool,
-}
-
-/// Every route; the router is built from this list, and a test checks it against `openapi.json`.
-pub const ROUTES: &[Route] = &[
-    Route { method: "POST", path: "/api/v1/messages", auth: true },
-    Route { method: "GET", path: "/api/v1/messages/{id}", auth: true },
-    Route { method: "PUT", path: "/api/v1/debug/faults", auth: true },
-    Route { method: "GET", path: "/api/v1/queue", auth: true },
-    Route { method: "POST", path: "/api/v1/queue/{domain}/suspend", auth: true },
-    Route { method: "POST", path: "/api/v1/queue/{domain}/resume", auth: true },
-    Route { method: "GET", path: "/api/v1/senders", auth: true },
-    Route { method: "GET", path: "/api/v1/openapi.json", auth: true },
-    Route { method: "GET", path: "/api/v1/health", auth: true },
-    Route { method: "GET", path: "/health/live", auth: false },
-    Route { method: "GET", path: "/health/ready", auth: false },
-    Route { method: "GET", path: "/metrics", auth: false },
-];
-
-/// The OpenAPI 3 document of [`ROUTES`].
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// The handler of a route in [`ROUTES`].
-fn method_router(route: &Route) -> MethodRouter<HttpState> {
-    match (route.method, route.path) {
-        ("POST", "/api/v1/messages") => post(inject::post_message),
-        ("GET", "/api/v1/messages/{id}") => get(status::get_message),
-        ("PUT", "/api/v1/debug/faults") => put(debug::put_faults),
-        ("GET", "/api/v1/queue") => get(queue::get_queue),
-        ("POST", "/api/v1/queue/{domain}/suspend") => post(queue::suspend),
-        ("POST", "/api/v1/queue/{domain}/resume") => post(queue::resume),
-        ("GET", "/api/v1/senders") => get(queue::get_senders),
-        ("GET", "/api/v1/openapi.json") => get(openapi),
-        ("GET", "/api/v1/health") => get(health),
-        ("GET", "/health/live") => get(live),
-        ("GET", "/health/ready") => get(ready),
-        ("GET", "/metrics") => get(metrics_text),
-        (m, p) => panic!("route {m} {p} is in ROUTES but has no handler"),
-    }
-}
 
 /// Faults set through `PUT /api/v1/debug/faults` (kept to report them back).
 #[derive(Debug, Default)]
@@ -229,10 +189,12 @@ pub fn router(state: HttpState) -> Router {
     let mut public = Router::new();
     let mut api = Router::new();
     for route in ROUTES {
+        // The operation and its schemas are the document's ([`openapi`]); the router takes the handler.
+        let (_, _, handler) = (route.endpoint)();
         if route.auth {
-            api = api.route(route.path, method_router(route));
+            api = api.route(route.path, handler);
         } else {
-            public = public.route(route.path, method_router(route));
+            public = public.route(route.path, handler);
         }
     }
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -310,54 +272,6 @@ fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
-async fn live() -> impl IntoResponse {
-    Json(json!({"state": "alive"}))
-}
-
-/// `200 {"state":"healthy"}`, `200 {"state":"degraded","reasons":[...]}`, or
-/// `503 {"state":"shedding","reasons":[...]}` with `Retry-After` (also while stopping).
-async fn ready(State(state): State<HttpState>) -> Response {
-    let inner = &state.inner;
-    let retry_after = inner.backpressure.retry_after().as_secs().max(1);
-    if !inner.engine.is_accepting() || inner.draining.load(Ordering::SeqCst) {
-        let body = json!({"state": "shedding", "reasons": ["shutting down"]});
-        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-        return response;
-    }
-    match inner.backpressure.state() {
-        HealthState::Healthy => (StatusCode::OK, Json(json!({"state": "healthy"}))).into_response(),
-        HealthState::Degraded => {
-            let reasons = inner.backpressure.snapshot().reasons.clone();
-            (StatusCode::OK, Json(json!({"state": "degraded", "reasons": reasons}))).into_response()
-        }
-        HealthState::Shedding => {
-            let reasons = inner.backpressure.snapshot().reasons.clone();
-            let body = json!({"state": "shedding", "reasons": reasons});
-            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-            response
-        }
-    }
-}
-
-/// `GET /api/v1/health`: the back-pressure state, every signal with its value over the window and its marks.
-async fn health(State(state): State<HttpState>) -> Response {
-    let snapshot = state.inner.backpressure.snapshot();
-    let mut body = serde_json::to_value(&*snapshot).unwrap_or_else(|_| json!({}));
-    body["accepting"] = json!(state.inner.engine.is_accepting() && !state.inner.draining.load(Ordering::SeqCst));
-    body["retry_after_secs"] = json!(state.inner.backpressure.retry_after().as_secs());
-    Json(body).into_response()
-}
-
-async fn metrics_text(State(state): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.inner.prometheus.render()).into_response()
-}
-
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
 /// Serve the API until `shutdown` resolves, then finish in-flight requests. HTTP/1.1 and HTTP/2 (prior
 /// knowledge on plain TCP, ALPN over TLS); TLS when `http.tls_cert`/`http.tls_key` are set.
 ///
@@ -393,33 +307,5 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
     sweeper.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
-    #[test]
-    fn openapi_lists_exactly_the_routes() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "an OpenAPI 3 document");
-        let mut documented = BTreeSet::new();
-        for (path, item) in doc["paths"].as_object().expect("paths") {
-            for method in ["get", "put", "post", "delete", "patch"] {
-                if item.get(method).is_some() {
-                    documented.insert((method.to_uppercase(), path.clone()));
-                }
-            }
-        }
-        let routed: BTreeSet<(String, String)> =
-            ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
-        assert_eq!(routed, documented, "ROUTES and openapi.json differ");
-        // Every route has a handler (building the router panics otherwise).
-        for route in ROUTES {
-            let _ = method_router(route);
-        }
     }
 }

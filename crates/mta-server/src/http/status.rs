@@ -5,13 +5,107 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mta_core::{MessageRecord, QueueId};
-use serde_json::{json, Value};
+use mta_core::{MessageRecord, Priority, QueueId, RecipientState};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::HttpState;
 
+/// The body of `GET /api/v1/messages/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageStatus {
+    /// Queue id.
+    pub id: String,
+    /// Envelope sender (`""` is the null sender).
+    pub envelope_sender: String,
+    /// Reception time, RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    pub received_at: Option<String>,
+    /// Tenant given at injection.
+    pub tenant: Option<String>,
+    /// Egress pool given at injection.
+    pub pool: Option<String>,
+    /// Dispatch priority.
+    pub priority: PriorityName,
+    /// One entry per recipient.
+    pub recipients: Vec<RecipientStatus>,
+}
+
+/// One recipient in [`MessageStatus`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecipientStatus {
+    /// The recipient address.
+    pub email: String,
+    /// Its domain (the queue it is in).
+    pub domain: String,
+    /// Where it stands.
+    pub state: StateName,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last SMTP reply (or local error) of an attempt.
+    pub last_reply: Option<String>,
+    /// When the next attempt is due (RFC 3339 UTC); `null` when final or not scheduled.
+    #[schema(format = DateTime)]
+    pub next_attempt_at: Option<String>,
+}
+
+/// A recipient's state as the API names it (the spool's own encoding stays the spool's).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = RecipientState)]
+pub enum StateName {
+    /// Accepted, not yet attempted.
+    Queued,
+    /// Failed temporarily; retried later.
+    Deferred,
+    /// Accepted by the next hop.
+    Delivered,
+    /// Failed permanently (or expired); a DSN went to the sender.
+    Bounced,
+}
+
+impl From<RecipientState> for StateName {
+    fn from(s: RecipientState) -> Self {
+        match s {
+            RecipientState::Queued => StateName::Queued,
+            RecipientState::Deferred => StateName::Deferred,
+            RecipientState::Delivered => StateName::Delivered,
+            RecipientState::Bounced => StateName::Bounced,
+        }
+    }
+}
+
+/// A dispatch priority as the API names it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = Priority)]
+pub enum PriorityName {
+    /// Dispatched ahead of bulk mail.
+    Transactional,
+    /// The default.
+    Bulk,
+}
+
+impl From<Priority> for PriorityName {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Transactional => PriorityName::Transactional,
+            Priority::Bulk => PriorityName::Bulk,
+        }
+    }
+}
+
 /// The handler.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", operation_id = "getMessage",
+    summary = "State of each recipient of a queued message.",
+    params(("id" = String, Path, description = "Queue id from the injection answer or the SMTP reply.", max_length = 64)),
+    responses(
+        (status = 200, description = "The message.", body = MessageStatus),
+        (status = 404, description = "No such message in the spool (unknown, or finished and removed).", body = ErrorBody),
+        (status = 503, description = "Spool unavailable (`spool_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
 pub async fn get_message(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
     match lookup(&state, &id).await {
         Ok(v) => Json(v).into_response(),
@@ -19,52 +113,51 @@ pub async fn get_message(State(state): State<HttpState>, Path(id): Path<String>)
     }
 }
 
-async fn lookup(state: &HttpState, id: &str) -> Result<Value, ApiError> {
+async fn lookup(state: &HttpState, id: &str) -> Result<MessageStatus, ApiError> {
     let not_found = || ApiError::not_found(format!("no message {id:?} in the queue"));
     let queue_id = QueueId::parse(id).ok_or_else(not_found)?;
     let record = state.inner.engine.spool().get(&queue_id).await.map_err(|e| {
         tracing::error!(error = %e, %id, "status lookup failed");
         ApiError::unavailable("spool_unavailable", "the spool could not be read; retry later", 5)
     })?;
-    record.map(|r| status_json(&r)).ok_or_else(not_found)
+    record.map(|r| status_of(&r)).ok_or_else(not_found)
 }
 
 /// RFC 3339 UTC of milliseconds since the epoch.
-fn rfc3339_ms(ms: u64) -> Value {
+fn rfc3339_ms(ms: u64) -> Option<String> {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .map_or(Value::Null, Value::String)
 }
 
-/// The JSON status of a record.
-pub fn status_json(r: &MessageRecord) -> Value {
-    let recipients: Vec<Value> = r
+/// The status of a record.
+pub fn status_of(r: &MessageRecord) -> MessageStatus {
+    let recipients = r
         .recipients
         .iter()
         .map(|rc| {
             let schedule = r.schedules.iter().find(|s| s.domain == rc.domain);
             let next = schedule
                 .filter(|s| !rc.state.is_final() && s.next_attempt_ms > 0)
-                .map_or(Value::Null, |s| rfc3339_ms(s.next_attempt_ms));
-            json!({
-                "email": rc.address,
-                "domain": rc.domain,
-                "state": rc.state.as_str(),
-                "attempts": rc.attempts,
-                "last_reply": rc.last_reply,
-                "next_attempt_at": next,
-            })
+                .and_then(|s| rfc3339_ms(s.next_attempt_ms));
+            RecipientStatus {
+                email: rc.address.clone(),
+                domain: rc.domain.clone(),
+                state: rc.state.into(),
+                attempts: rc.attempts,
+                last_reply: rc.last_reply.clone(),
+                next_attempt_at: next,
+            }
         })
         .collect();
-    json!({
-        "id": r.id.as_str(),
-        "envelope_sender": r.sender,
-        "received_at": rfc3339_ms(r.received_at_ms),
-        "tenant": r.tenant,
-        "pool": r.pool,
-        "priority": r.priority,
-        "recipients": recipients,
-    })
+    MessageStatus {
+        id: r.id.as_str().to_string(),
+        envelope_sender: r.sender.clone(),
+        received_at: rfc3339_ms(r.received_at_ms),
+        tenant: r.tenant.clone(),
+        pool: r.pool.clone(),
+        priority: r.priority.into(),
+        recipients,
+    }
 }
