@@ -148,6 +148,28 @@ pub(crate) enum StoredBody {
     Sealed(mta_spool::SealedBody),
 }
 
+/// A small keyed record made durable in the same spool commit as a message (kept in the spool's aux tree,
+/// read back with [`Spool::aux_get`]): e.g. the HTTP API's idempotency answer, which must never outlive or
+/// predate its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Companion {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Companion {
+    /// A record of `value` under `key`.
+    pub fn new(key: Vec<u8>, value: Vec<u8>) -> Companion {
+        Companion { key, value }
+    }
+}
+
+impl From<Companion> for Op {
+    fn from(c: Companion) -> Op {
+        Op::AuxPut { key: c.key, value: c.value }
+    }
+}
+
 /// A message the spool has made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -403,23 +425,23 @@ impl Engine {
         self.inject_with(injection, |_| Vec::new()).await
     }
 
-    /// Like [`Engine::inject`], plus extra spool operations committed in the same durable round (for example
-    /// the HTTP API's idempotency key, which must never outlive or predate its message). `extra` gets the
-    /// queue id the message will have.
+    /// Like [`Engine::inject`], plus small keyed records made durable in the same commit (for example the HTTP
+    /// API's idempotency key, which must never outlive or predate its message). `companions` gets the queue id
+    /// the message will have.
     pub async fn inject_with(
         &self,
         injection: Injection,
-        extra: impl FnOnce(&QueueId) -> Vec<Op>,
+        companions: impl FnOnce(&QueueId) -> Vec<Companion>,
     ) -> Result<Accepted, InjectError> {
         let id = self.inner.spool.next_id();
-        self.inject_prepared(id, injection, extra).await
+        self.inject_prepared(id, injection, companions).await
     }
 
     async fn inject_prepared(
         &self,
         id: QueueId,
         injection: Injection,
-        extra: impl FnOnce(&QueueId) -> Vec<Op>,
+        companions: impl FnOnce(&QueueId) -> Vec<Companion>,
     ) -> Result<Accepted, InjectError> {
         self.check_accepting()?;
         self.validate(&injection.sender, &injection.recipients, injection.content.len() as u64)?;
@@ -449,16 +471,17 @@ impl Engine {
                 data = signed.freeze();
             }
         }
-        self.commit_message(id, injection, StoredBody::Bytes(data), extra(&id_copy)).await
+        self.commit_message(id, injection, StoredBody::Bytes(data), companions(&id_copy)).await
     }
 
-    /// The common end of every injection: the record, one durable commit with `extra`, the queues, events.
+    /// The common end of every injection: the record, one durable commit with its companions, the queues,
+    /// events.
     pub(crate) async fn commit_message(
         &self,
         id: QueueId,
         injection: Injection,
         body: StoredBody,
-        extra: Vec<Op>,
+        companions: Vec<Companion>,
     ) -> Result<Accepted, InjectError> {
         let spool = &self.inner.spool;
         let protocol = match injection.protocol {
@@ -480,7 +503,7 @@ impl Engine {
             StoredBody::Bytes(body) => Op::Put { record, body },
             StoredBody::Sealed(body) => Op::PutSealed { record, body },
         }];
-        ops.extend(extra);
+        ops.extend(companions.into_iter().map(Op::from));
         // The committer hands back the stored record (with its body location): no copy on the way in.
         let stored = spool.commit_returning(ops).await?;
         let Some(record) = stored.into_iter().next() else {

@@ -67,7 +67,7 @@ pub mod reception;
 pub mod response;
 
 pub use delivery::{DeliveryConfig, QueueRow};
-pub use engine::{Accepted, Engine, EngineConfig, Injection, RecoveryReport};
+pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};
 pub use error::{EngineError, InjectError};
 pub use events::{Event, EventLog, EventType};
 pub use incoming::{BodyBudget, Incoming};

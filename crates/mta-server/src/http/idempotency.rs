@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mta_core::Companion;
 use mta_spool::{Op, Spool, SpoolError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -197,9 +198,9 @@ impl Idempotency {
         Ok((!expired(&answer, now_ms)).then_some(answer))
     }
 
-    /// The spool op that stores `answer` under `aux_key` (commit it with the message).
-    pub fn record_op(aux_key: Vec<u8>, answer: &StoredAnswer) -> Op {
-        Op::AuxPut { key: aux_key, value: serde_json::to_vec(answer).unwrap_or_default() }
+    /// The record that stores `answer` under `aux_key` (committed with the message).
+    pub fn companion(aux_key: Vec<u8>, answer: &StoredAnswer) -> Companion {
+        Companion::new(aux_key, serde_json::to_vec(answer).unwrap_or_default())
     }
 
     /// Delete every record expired at `now_ms`; returns how many.
@@ -273,8 +274,8 @@ mod tests {
         let fresh = StoredAnswer { created_ms: 1_000 + KEY_TTL.as_millis() as u64, ..old.clone() };
         spool
             .commit(vec![
-                Idempotency::record_op(aux_key("l", "old"), &old),
-                Idempotency::record_op(aux_key("l", "fresh"), &fresh),
+                Idempotency::companion(aux_key("l", "old"), &old).into(),
+                Idempotency::companion(aux_key("l", "fresh"), &fresh).into(),
             ])
             .await
             .unwrap();

@@ -187,7 +187,7 @@ async fn inject(
                     .unwrap_or_default(),
                 created_ms: now,
             };
-            vec![Idempotency::record_op(aux_key.clone(), &answer)]
+            vec![Idempotency::companion(aux_key.clone(), &answer)]
         })
         .await?;
     Ok(accepted_response(Accepted { id: accepted.id.as_str().to_string(), recipients: accepted.recipients }))
