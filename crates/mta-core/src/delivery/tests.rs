@@ -3,9 +3,9 @@
 //! periods, circuit probes and graceful stop run in milliseconds. End-to-end behaviour over real TCP and
 //! real SMTP servers is tested in `tests/` at the workspace root.
 //!
-//! The spool commits on its own thread, which tokio's clock does not see: left to auto-advance, paused time
-//! would jump to the next timer while a task waits for a commit. So a driver task keeps the runtime busy (no
-//! auto-advance) and moves the clock in 25 ms steps only while no commit is pending.
+//! The spool commits on its own thread, which tokio's clock does not see: left alone, paused time would jump
+//! to the next timer while a task waits for a commit. So a driver task keeps the runtime busy (no
+//! auto-advance) while a commit is pending; otherwise tokio advances the clock as usual.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -137,14 +137,16 @@ impl Harness {
         let cfg = DeliveryConfig { routes: vec![Route { domain: "*".into(), relay: "127.0.0.1:2525".into() }], ..cfg };
         let transport = Arc::new(ScriptedTransport(rx.clone()));
         let delivery = Delivery::with_parts(cfg, spool.clone(), log, resolver, "mx.test".into(), transport, clock);
+        // Keeps paused time from jumping while the spool's thread works on a commit: busy (yielding) while a
+        // commit is pending, else asleep so tokio's auto-advance moves the clock (to the next timer, at most
+        // 25 ms). Blocking-pool work (spool reads) already holds auto-advance back by itself.
         let driven = spool.clone();
         tokio::spawn(async move {
             loop {
-                for _ in 0..4 {
+                if driven.commits_in_flight() > 0 {
                     tokio::task::yield_now().await;
-                }
-                if driven.commits_in_flight() == 0 {
-                    tokio::time::advance(Duration::from_millis(25)).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             }
         });
@@ -280,8 +282,12 @@ async fn repeated_connection_failures_open_the_circuit_then_one_probe_at_a_time(
     // Long enough for the circuit to open and be probed a few times (the retries fall due meanwhile too).
     tokio::time::sleep(Duration::from_secs(250)).await;
     let connects: Vec<Duration> = h.rx.connects.lock().iter().map(|(t, _)| t.duration_since(start)).collect();
-    let first_minute = connects.iter().filter(|t| **t < Duration::from_secs(59)).count();
-    assert_eq!(first_minute, 3, "attempts until the circuit opened: {connects:?}");
+    // The circuit opens at the third failure in a row. Connections opened before that (dispatch opens up to
+    // three at once for 20 queued messages, and one that ends early may start another) still fail and count,
+    // so the first burst is 3 to 5 attempts, all at the start: none after it until the probe time.
+    let first_minute: Vec<&Duration> = connects.iter().filter(|t| **t < Duration::from_secs(59)).collect();
+    assert!((3..=5).contains(&first_minute.len()), "attempts until the circuit opened: {connects:?}");
+    assert!(first_minute.iter().all(|t| **t < Duration::from_secs(1)), "nothing while open: {connects:?}");
     // From then on, one probe per open period: at most one attempt per 60 s window, not one per message.
     for window in 1..4u64 {
         let (from, to) = (Duration::from_secs(60 * window - 1), Duration::from_secs(60 * (window + 1) - 1));
