@@ -237,6 +237,11 @@ impl Verifier {
                 DkimResult::Neutral(e) | DkimResult::PermError(e) => {
                     ArcOutput::default().with_result(DkimResult::Fail(e.clone()))
                 }
+                // mail-auth misses some malformed chains (see `arc_check`)
+                DkimResult::Pass | DkimResult::None if super::arc_check::malformed(message).is_some() => {
+                    ArcOutput::default()
+                        .with_result(DkimResult::Fail(mail_auth::Error::Arc(mail_auth::arc::ArcError::BrokenChain)))
+                }
                 _ => a,
             },
             None => {

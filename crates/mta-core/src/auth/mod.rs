@@ -8,6 +8,7 @@
 //! - `signing.rs`: [`Signer`] — DKIM keys per signing domain, chosen by the `From:` domain.
 //! - `preflight.rs`: [`Preflight`] — does each sending domain's SPF authorise our source
 //!   addresses, and is its published DKIM key ours? ([`SenderStatus`], `GET /api/v1/senders`).
+//! - `arc_check.rs`: structural checks of ARC sets that mail-auth does not make.
 //! - `error.rs`: [`AuthError`].
 //!
 //! # DNS
@@ -30,6 +31,7 @@
 //! Verification is mostly DNS waits; its CPU part (body hash, a signature check per signature)
 //! is small for usual message sizes and runs inline.
 
+mod arc_check;
 mod error;
 mod inbound;
 mod preflight;
