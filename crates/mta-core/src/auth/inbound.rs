@@ -171,7 +171,13 @@ impl Verifier {
         let helo = helo.trim();
         let mail_from = mail_from.trim();
         let host = self.authserv_id.as_str();
-        let parsed = AuthenticatedMessage::parse(message);
+        // Not mail-auth's "strict" parse, which makes every signature with `l=` neutral: RFC 6376
+        // §3.5 defines `l=` and verifiers (dkimpy, OpenDKIM) verify such signatures over that
+        // length; what follows it is unsigned, as for any header not in `h=`.
+        let parsed = AuthenticatedMessage::parse_with_opts(message, None, false).map(|mut m| {
+            super::body_length::fix_length_limited_hashes(&mut m);
+            m
+        });
         let mut summary = Summary::default();
 
         // RFC 7208 §2.3: the HELO identity is checked only when it is a domain name; an address

@@ -9,6 +9,7 @@
 //! - `preflight.rs`: [`Preflight`] — does each sending domain's SPF authorise our source
 //!   addresses, and is its published DKIM key ours? ([`SenderStatus`], `GET /api/v1/senders`).
 //! - `arc_check.rs`: structural checks of ARC sets that mail-auth does not make.
+//! - `body_length.rs`: body hashes of `l=` signatures as RFC 6376 computes them (mail-auth does not).
 //! - `error.rs`: [`AuthError`].
 //!
 //! # DNS
@@ -32,6 +33,7 @@
 //! is small for usual message sizes and runs inline.
 
 mod arc_check;
+mod body_length;
 mod error;
 mod inbound;
 mod preflight;
