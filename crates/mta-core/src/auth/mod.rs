@@ -10,6 +10,7 @@
 //!   addresses, and is its published DKIM key ours? ([`SenderStatus`], `GET /api/v1/senders`).
 //! - `arc_check.rs`: structural checks of ARC sets that mail-auth does not make.
 //! - `body_length.rs`: body hashes of `l=` signatures as RFC 6376 computes them (mail-auth does not).
+//! - `dmarc.rs`: DMARC per RFC 7489 (organisational domain from the Public Suffix List, `pct`).
 //! - `error.rs`: [`AuthError`].
 //!
 //! # DNS
@@ -34,6 +35,7 @@
 
 mod arc_check;
 mod body_length;
+mod dmarc;
 mod error;
 mod inbound;
 mod preflight;
