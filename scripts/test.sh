@@ -8,6 +8,8 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 # tests/tests/open_relay_nmap.rs: nmap's smtp-open-relay script, a relay check that is not ours.
 command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
+# tests/tests/dkim_opendkim.rs: OpenDKIM (offline test mode) verifies our DKIM signatures.
+[ -x /usr/sbin/opendkim ] || need_apt+=(opendkim opendkim-tools)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "installing test tools: ${need_apt[*]}"

@@ -1,5 +1,5 @@
 //! Verification of received mail: SPF (RFC 7208) for HELO and MAIL FROM, DKIM (RFC 6376) for
-//! every signature, DMARC (RFC 7489 / DMARCbis) with alignment, ARC (RFC 8617) chain validation,
+//! every signature, DMARC (RFC 7489, our `dmarc.rs`) with alignment, ARC (RFC 8617) chain validation,
 //! all under one deadline; the result as an `Authentication-Results:` header (RFC 8601) and,
 //! under `enforce`, an SMTP rejection.
 //!
@@ -13,16 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::dmarc::Policy as MaPolicy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
-    MessageAuthenticator, SpfOutput, SpfResult,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, MessageAuthenticator, SpfOutput,
+    SpfResult,
 };
 use tokio::time::timeout_at;
 
-use super::{AuthPolicy, Policy};
+use super::{dmarc, AuthPolicy, Policy};
 
 /// Default deadline of one verification (all lookups together).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -171,7 +169,13 @@ impl Verifier {
         let helo = helo.trim();
         let mail_from = mail_from.trim();
         let host = self.authserv_id.as_str();
-        let parsed = AuthenticatedMessage::parse(message);
+        // Not mail-auth's "strict" parse, which makes every signature with `l=` neutral: RFC 6376
+        // §3.5 defines `l=` and verifiers (dkimpy, OpenDKIM) verify such signatures over that
+        // length; what follows it is unsigned, as for any header not in `h=`.
+        let parsed = AuthenticatedMessage::parse_with_opts(message, None, false).map(|mut m| {
+            super::body_length::fix_length_limited_hashes(&mut m);
+            m
+        });
         let mut summary = Summary::default();
 
         // RFC 7208 §2.3: the HELO identity is checked only when it is a domain name; an address
@@ -237,6 +241,11 @@ impl Verifier {
                 DkimResult::Neutral(e) | DkimResult::PermError(e) => {
                     ArcOutput::default().with_result(DkimResult::Fail(e.clone()))
                 }
+                // mail-auth misses some malformed chains (see `arc_check`)
+                DkimResult::Pass | DkimResult::None if super::arc_check::malformed(message).is_some() => {
+                    ArcOutput::default()
+                        .with_result(DkimResult::Fail(mail_auth::Error::Arc(mail_auth::arc::ArcError::BrokenChain)))
+                }
                 _ => a,
             },
             None => {
@@ -245,23 +254,30 @@ impl Verifier {
             }
         });
 
-        let dmarc: Option<DmarcOutput> = match (parsed.as_ref(), spf_mail_from.as_ref()) {
-            (Some(m), Some(spf)) if p.dmarc != Policy::Off => {
-                let params = DmarcParameters::new(m, &dkim, mf_domain, spf);
-                match timeout_at(deadline, self.auth.verify_dmarc(params)).await {
-                    Ok(o) => Some(o),
-                    Err(_) => {
-                        timed_out = true;
-                        let from = m.from().rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
-                        Some(
-                            DmarcOutput::default()
-                                .with_domain(&from)
-                                .with_spf_result(DmarcResult::TempError(deadline_error()))
-                                .with_dkim_result(DmarcResult::TempError(deadline_error())),
-                        )
+        let dmarc = match (parsed.as_ref(), spf_mail_from.as_ref()) {
+            (Some(m), Some(spf)) if p.dmarc != Policy::Off => match dmarc::from_domain(&m.from) {
+                Some(from) => {
+                    let signers: Vec<(String, Outcome)> = dkim
+                        .iter()
+                        .filter_map(|o| o.signature().map(|s| (s.d.clone(), dkim_outcome(o.result()))))
+                        .collect();
+                    let ids =
+                        dmarc::Identifiers { from: &from, spf: (mf_domain, spf_outcome(spf.result())), dkim: &signers };
+                    let sample = |pct: u8| rand::random_range(0..100u8) < pct;
+                    match timeout_at(deadline, dmarc::evaluate(self.auth.resolver(), &ids, sample)).await {
+                        Ok(e) => Some(e),
+                        Err(_) => {
+                            timed_out = true;
+                            Some(dmarc::Evaluation {
+                                result: Outcome::TempError,
+                                policy: DmarcPolicy::None,
+                                domain: from,
+                            })
+                        }
                     }
                 }
-            }
+                None => None,
+            },
             _ => None,
         };
 
@@ -282,12 +298,12 @@ impl Verifier {
         if let Some(a) = arc.as_ref() {
             ar = ar.with_arc_result(a, client_ip);
         }
-        if let Some(d) = dmarc.as_ref().filter(|d| !d.domain().is_empty()) {
-            ar = ar.with_dmarc_result(d);
-        }
         let mut header = ar.to_header();
         if p.dkim != Policy::Off && dkim.is_empty() {
             header = with_dkim_none(header, host);
+        }
+        if let Some(d) = dmarc.as_ref() {
+            header = dmarc::append_clause(&header, &dmarc::results_clause(d));
         }
 
         // The summary.
@@ -303,14 +319,7 @@ impl Verifier {
         }
         summary.arc = arc.as_ref().map(|a| dkim_outcome(a.result()));
         if p.dmarc != Policy::Off {
-            summary.dmarc = dmarc.as_ref().map(|d| {
-                let policy = match d.policy() {
-                    MaPolicy::Reject => DmarcPolicy::Reject,
-                    MaPolicy::Quarantine => DmarcPolicy::Quarantine,
-                    MaPolicy::None | MaPolicy::Unspecified => DmarcPolicy::None,
-                };
-                (dmarc_outcome(&d.result()), policy, d.domain().to_string())
-            });
+            summary.dmarc = dmarc.as_ref().map(|d| (d.result, d.policy, d.domain.clone()));
         }
         summary.timed_out = timed_out;
 
@@ -409,16 +418,6 @@ fn dkim_outcome(r: &DkimResult) -> Outcome {
         DkimResult::PermError(_) => Outcome::PermError,
         DkimResult::TempError(_) => Outcome::TempError,
         DkimResult::None => Outcome::None,
-    }
-}
-
-fn dmarc_outcome(r: &DmarcResult) -> Outcome {
-    match r {
-        DmarcResult::Pass => Outcome::Pass,
-        DmarcResult::Fail(_) => Outcome::Fail,
-        DmarcResult::TempError(_) => Outcome::TempError,
-        DmarcResult::PermError(_) => Outcome::PermError,
-        DmarcResult::None => Outcome::None,
     }
 }
 

@@ -8,6 +8,9 @@
 //! - `signing.rs`: [`Signer`] — DKIM keys per signing domain, chosen by the `From:` domain.
 //! - `preflight.rs`: [`Preflight`] — does each sending domain's SPF authorise our source
 //!   addresses, and is its published DKIM key ours? ([`SenderStatus`], `GET /api/v1/senders`).
+//! - `arc_check.rs`: structural checks of ARC sets that mail-auth does not make.
+//! - `body_length.rs`: body hashes of `l=` signatures as RFC 6376 computes them (mail-auth does not).
+//! - `dmarc.rs`: DMARC per RFC 7489 (organisational domain from the Public Suffix List, `pct`).
 //! - `error.rs`: [`AuthError`].
 //!
 //! # DNS
@@ -30,6 +33,9 @@
 //! Verification is mostly DNS waits; its CPU part (body hash, a signature check per signature)
 //! is small for usual message sizes and runs inline.
 
+mod arc_check;
+mod body_length;
+mod dmarc;
 mod error;
 mod inbound;
 mod preflight;
