@@ -139,6 +139,9 @@ pub struct SmtpSection {
     pub max_connections: usize,
     /// Concurrent SMTP connections per client IP.
     pub max_connections_per_ip: usize,
+    /// Percent of `max_connections` one network (IPv4 /24, IPv6 /48) may hold before its idle sessions give way
+    /// to other networks' newcomers when every slot is taken; 100 turns it off (added key).
+    pub network_share: u8,
     /// A whole command line must arrive within this (RFC 5321 §4.5.3.2), however slowly its bytes trickle.
     pub timeout_command: HumanDuration,
     /// Wait for each DATA block.
@@ -175,6 +178,7 @@ impl Default for SmtpSection {
             max_recipients: 1000,
             max_connections: 10_000,
             max_connections_per_ip: 100,
+            network_share: mta_smtp::server::limits::DEFAULT_NETWORK_SHARE,
             timeout_command: HumanDuration::secs(300),
             timeout_data: HumanDuration::secs(600),
             min_data_rate: mta_smtp::server::config::DEFAULT_MIN_DATA_RATE,
@@ -677,6 +681,9 @@ impl Config {
         }
         if self.smtp.listener.iter().any(|l| l.mode == ListenerMode::Smtps) && self.smtp.tls_cert.is_none() {
             return Err(invalid("smtp.listener.mode", "mode \"smtps\" needs smtp.tls_cert and smtp.tls_key".into()));
+        }
+        if !(1..=100).contains(&self.smtp.network_share) {
+            return Err(invalid("smtp.network_share", "must be a percentage from 1 to 100".into()));
         }
         if self.smtp.max_recipients == 0 {
             return Err(invalid("smtp.max_recipients", "must be at least 1".into()));
