@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Issue 5 drain benchmark: a spool pre-filled with N queued 1 KiB messages to D domains (fill_spool example),
+"""Issue 5 drain benchmark: a spool pre-filled with N queued 1 KiB messages to D domains (fill_spool, bench/rust),
 then the release mta-server started on it with delivery to Postfix's smtp-sink (not our SMTP server) through a
-loopback DNS server (bench_dns example) naming the sink as every domain's MX.
+loopback DNS server (bench_dns, bench/rust) naming the sink as every domain's MX.
 
 Reports, per delivery setting (connections_per_domain x messages_per_connection): time until the SMTP port
 accepts, until the first and the last delivery, messages/s (whole run from process start, and first to last
@@ -78,7 +78,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--perf", help="perf record -g the server of each case into this file (last case wins)")
     a = ap.parse_args()
-    mb.build(examples=True)
+    mb.build(programs=True)
     print("#", mb.describe(), flush=True)
     template = tempfile.mkdtemp(prefix="mta-drain-template-")
     t = time.time()

@@ -2,7 +2,7 @@
 """Issue 5 memory benchmark: resident memory of the release mta-server per queued (scheduled, not yet due)
 message, with sled's page cache capped at a stated size (`[spool] cache_bytes`).
 
-For each case: a spool filled by the fill_spool example with `--delay-secs` (first attempt a day ahead: queued,
+For each case: a spool filled by fill_spool (bench/rust) with `--delay-secs` (first attempt a day ahead: queued,
 nothing due), the server started on it (delivery enabled, loopback DNS that is never needed), VmRSS from
 /proc/PID/status once the SMTP port accepts and RSS has settled; the baseline is the same server on an empty spool.
 Growth per message = (RSS(filled) - RSS(empty)) / messages. The per-domain overhead shows as the difference between
@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--trim", action="store_true", help="also report RSS after malloc_trim(0) via gdb")
     a = ap.parse_args()
-    mb.build(examples=True)
+    mb.build(programs=True)
     print("#", mb.describe(), flush=True)
     cache = a.cache_mb << 20
     rows = []

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Issue 5 recovery benchmark: restart the release mta-server on a spool of 1,000,000 queued 1 KiB messages (due
-now, 100 domains, fill_spool example) with delivery to Postfix's smtp-sink through the loopback DNS server
+now, 100 domains, written by fill_spool from bench/rust) with delivery to Postfix's smtp-sink through the loopback DNS server
 (bench_dns): time from exec until the SMTP port accepts and until the first delivery (deliveries resume), then the
 delivery rate over the next seconds. The server is stopped (SIGTERM, graceful) and restarted on the same spool for
 the second run, i.e. a real restart with ~1M still queued.
 
-Also, when --engine-spool names a spool made by the recovery_bench example (1M messages scheduled in the future),
+Also, when --engine-spool names a spool made by recovery_bench (bench/rust; 1M messages scheduled in the future),
 the embedded engine's open + queue rebuild time on it (recovery_bench, delivery off, loopback DNS only).
 
 Usage: bench/delivery/recovery.py [--messages 1000000] [--repeat 2] [--drain-secs 15] [--engine-spool /tmp/mta-recovery]
@@ -30,10 +30,10 @@ def main():
     ap.add_argument("--drain-secs", type=float, default=15)
     ap.add_argument("--engine-spool")
     a = ap.parse_args()
-    mb.build(examples=True)
+    mb.build(programs=True)
     print("#", mb.describe(), flush=True)
     if a.engine_spool:
-        out = subprocess.run([os.path.join(mb.EXAMPLES, "recovery_bench"), a.engine_spool, str(a.messages)],
+        out = subprocess.run([os.path.join(mb.PROGRAMS, "recovery_bench"), a.engine_spool, str(a.messages)],
                              capture_output=True, text=True, check=True).stdout.strip()
         print(f"# recovery_bench {a.engine_spool}: {out}", flush=True)
     d = tempfile.mkdtemp(prefix="mta-recovery-srv-")

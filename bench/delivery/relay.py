@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Issue 5 relay benchmark: Postfix's smtp-source -> MTA -> Postfix's smtp-sink, 1 KiB, 64 sessions with connection
-reuse (-d), distinct recipients (-N) at a domain that the loopback DNS server (bench_dns example) maps to the sink.
+reuse (-d), distinct recipients (-N) at a domain that the loopback DNS server (bench_dns, bench/rust) maps to the sink.
 The same script runs Postfix itself (a private instance under /tmp: own config_directory and queue_directory,
 smtpd on its own loopback port, relayhost = the sink) the same way, as the comparison.
 
@@ -232,7 +232,7 @@ def main():
     ap.add_argument("--delivery", default="", help='extra [delivery] TOML lines for ours, e.g. '
                     '"connections_per_domain = 64\\nmessages_per_connection = 1000"')
     a = ap.parse_args()
-    mb.build(examples=True)
+    mb.build(programs=True)
     print("#", mb.describe(), flush=True)
     if a.delivery:
         print("# mta-server [delivery] extra:", a.delivery, flush=True)

@@ -192,16 +192,18 @@ def main():
     a = ap.parse_args()
     if a.bin_dir:
         mb.BIN = os.path.join(a.bin_dir, "mta-server")
-        mb.EXAMPLES = a.bin_dir
+        mb.PROGRAMS = a.bin_dir
     else:
         if not os.environ.get("MTA_BENCH_NO_BUILD"):
-            # one command (same feature set for both packages); a target filter applies to every -p
-            subprocess.run(["cargo", "build", "--release", "-p", "mta-server", "-p", "mta-core",
-                            "--bin", "mta-server", "--example", "bench_dns"], cwd=mb.ROOT, check=True)
+            # two commands, as mtabench.build does: together, mta-bench's `testing` feature of mta-core would be
+            # unified into the server binary
+            subprocess.run(["cargo", "build", "--release", "-p", "mta-server"], cwd=mb.ROOT, check=True)
+            subprocess.run(["cargo", "build", "--release", "-p", "mta-bench", "--bin", "bench_dns"], cwd=mb.ROOT,
+                           check=True)
         snap = tempfile.mkdtemp(prefix="mta-bench-bin-")
         shutil.copy2(os.path.join(mb.ROOT, "target", "release", "mta-server"), snap)
-        shutil.copy2(os.path.join(mb.ROOT, "target", "release", "examples", "bench_dns"), snap)
-        mb.BIN, mb.EXAMPLES = os.path.join(snap, "mta-server"), snap
+        shutil.copy2(os.path.join(mb.ROOT, "target", "release", "bench_dns"), snap)
+        mb.BIN, mb.PROGRAMS = os.path.join(snap, "mta-server"), snap
     print("#", mb.describe(), f"binaries: {os.path.dirname(mb.BIN)}", flush=True)
     print(f"# load: {a.domains} new domains injected evenly during {a.storm_secs:.0f} s of {a.servfail:.0%} SERVFAIL, "
           f"then healed; delivery.retry_intervals = [\"{a.retry}\"]", flush=True)

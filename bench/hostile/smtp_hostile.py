@@ -15,8 +15,9 @@ accepted message stays queued and can be read back offline).
     127.0.0.2..127.0.0.251, half silent after the greeting, half sending one byte of an endless command line
     every 3 s; each slot reconnects when closed (after 1 s when refused) until the flood ends. Per connection:
     how long the server held it before closing (vs smtp.timeout_command, 10 s here), and what it said. A
-    legitimate client on 127.0.0.1 arrives every few seconds during the flood: it must get its 220 and finish a
-    whole transaction (EHLO .. 250 queued as) within 5 s.
+    legitimate client (--legit-src, default 127.0.1.1: another /24 than the flood's, as a real client on another
+    network would be; smtp.network_share counts per /24) arrives every --legit-every s during the flood: it
+    must get its 220 and finish a whole transaction (EHLO .. 250 queued as) within 5 s.
 (d) event-loop lag: the back-pressure gauge `mta_backpressure_signal{signal="event_loop_lag"}` (ms; p90 of the
     100 ms ticker's lateness over the back-pressure window, 10 s by default, `--bp-window` changes it) scraped
     from /metrics every 250 ms during (a): max and p99 of the samples (target p99 < 100 ms).
@@ -592,12 +593,12 @@ async def flood_slot(slot, kind, src, port, t_end, conns, max_conns=10_000):
                 writer.transport.abort()
 
 
-async def legit_attempt(port, k):
+async def legit_attempt(port, k, src):
     r = {"k": k, "t0": time.time(), "ok": False, "greet_s": None, "done_s": None, "stage": "connect", "reply": ""}
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port,
-                                                                        local_addr=("127.0.0.1", 0)), 10)
+                                                                        local_addr=(src, 0)), 10)
         r["stage"] = "greeting"
         g = await read_reply(reader, 10)
         r["greet_s"] = time.time() - r["t0"]
@@ -648,7 +649,7 @@ async def run_flood(a, port):
     t_next = t_start + a.legit_first
     while t_next < t_end - 6 and k < 100:
         await asyncio.sleep(max(0.0, t_next - time.time()))
-        legit.append(await legit_attempt(port, k))
+        legit.append(await legit_attempt(port, k, a.legit_src))
         k += 1
         t_next += a.legit_every
     await asyncio.wait(tasks, timeout=max(1.0, t_end - time.time()) + 30)
@@ -740,6 +741,8 @@ def main():
     ap.add_argument("--flood-secs", type=float, default=45.0)
     ap.add_argument("--legit-first", type=float, default=4.0, help="first legitimate client, s into the flood")
     ap.add_argument("--legit-every", type=float, default=6.0)
+    ap.add_argument("--legit-src", default="127.0.1.1",
+                    help="the legitimate client's source address (the flood's are 127.0.0.2..251)")
     ap.add_argument("--time-limit", type=float, default=900.0, help="per phase, seconds")
     ap.add_argument("--rss-abort-mib", type=int, default=10240, help="stop feeding when server RSS grows beyond")
     ap.add_argument("--min-available-mib", type=int, default=3072, help="stop feeding below this MemAvailable")
@@ -831,7 +834,7 @@ def main():
                   f"{row['held_p90']:.1f} / {row['held_max']:.1f} s | {row['over_deadline']} | {row['open_end']} "
                   f"({row['open_end_max']:.1f} s) | {fmt_counts(row['said'])} | {fmt_counts(row['refused'])} |")
         ok = sum(1 for x in c["legit"] if x["ok"])
-        print(f"\nLegitimate client (127.0.0.1) during the flood: **{ok} / {len(c['legit'])}** got 220 and "
+        print(f"\nLegitimate client ({a.legit_src}) during the flood: **{ok} / {len(c['legit'])}** got 220 and "
               f"`250 queued` within 5 s; server CPU {c['cpu']:.1f} s, load {c['load']:.2f}\n")
         print("| attempt | at | greeting after | 250 queued after | result |")
         print("|---|---|---|---|---|")

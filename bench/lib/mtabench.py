@@ -12,31 +12,34 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "target", "release", "mta-server")
-EXAMPLES = os.path.join(ROOT, "target", "release", "examples")
+# The benchmark programs (package mta-bench, bench/rust): fill_spool, bench_dns, recovery_bench, ...
+PROGRAMS = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def build(examples=False):
-    """Build the release server (and the mta-core benchmark examples), then run a private copy of the binaries so
+def build(programs=False):
+    """Build the release server (and the benchmark programs of bench/rust), then run a private copy of the binaries so
     that other builds in the shared target directory cannot swap them mid-run. `MTA_BENCH_NO_BUILD=1` skips the
     build and uses what target/release holds."""
-    global BIN, EXAMPLES
+    global BIN, PROGRAMS
     if os.environ.get("MTA_BENCH_BIN"):
         # A given binary (e.g. an older commit's, for before/after comparisons in the same run).
         BIN = os.environ["MTA_BENCH_BIN"]
-        EXAMPLES = os.path.dirname(BIN)
+        PROGRAMS = os.path.dirname(BIN)
         return
     if not os.environ.get("MTA_BENCH_NO_BUILD"):
         subprocess.run(["cargo", "build", "--release", "-p", "mta-server"], cwd=ROOT, check=True)
-        if examples:
-            subprocess.run(["cargo", "build", "--release", "-p", "mta-core", "--examples"], cwd=ROOT, check=True)
+        if programs:
+            # A command of its own: built together, mta-bench's `testing` feature of mta-core would be unified
+            # into the server binary too.
+            subprocess.run(["cargo", "build", "--release", "-p", "mta-bench"], cwd=ROOT, check=True)
     snap = tempfile.mkdtemp(prefix="mta-bench-bin-")
     shutil.copy2(os.path.join(ROOT, "target", "release", "mta-server"), snap)
-    if examples:
+    if programs:
         for name in ("fill_spool", "bench_dns", "recovery_bench"):
-            shutil.copy2(os.path.join(ROOT, "target", "release", "examples", name), snap)
+            shutil.copy2(os.path.join(ROOT, "target", "release", name), snap)
     BIN = os.path.join(snap, "mta-server")
-    EXAMPLES = snap
+    PROGRAMS = snap
     atexit.register(shutil.rmtree, snap, True)
 
 
@@ -71,8 +74,8 @@ def wait_port(port, timeout=120.0, host="127.0.0.1"):
 
 
 def fill_spool(path, count, domains, size=1024, node="bench", delay_secs=None):
-    """Write `count` queued messages to `domains` domains (d0.bench ...) straight into a spool (fill_spool example)."""
-    cmd = [os.path.join(EXAMPLES, "fill_spool"), path, str(count), str(domains), str(size), node]
+    """Write `count` queued messages to `domains` domains (d0.bench ...) straight into a spool (fill_spool, bench/rust)."""
+    cmd = [os.path.join(PROGRAMS, "fill_spool"), path, str(count), str(domains), str(size), node]
     if delay_secs:
         cmd += ["--delay-secs", str(delay_secs)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
@@ -129,10 +132,10 @@ class Sink:
 
 
 class Dns:
-    """The bench_dns example: zones d0.bench ... d{N-1}.bench (and sender.bench) with MX -> `ip`."""
+    """The bench_dns program (bench/rust): zones d0.bench ... d{N-1}.bench (and sender.bench) with MX -> `ip`."""
 
     def __init__(self, domains, ip="127.0.0.1"):
-        self.proc = subprocess.Popen([os.path.join(EXAMPLES, "bench_dns"), str(domains), ip],
+        self.proc = subprocess.Popen([os.path.join(PROGRAMS, "bench_dns"), str(domains), ip],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "listening":

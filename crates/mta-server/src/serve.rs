@@ -57,7 +57,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let session = Arc::new(session_config(&config)?);
     let users = UserStore::new(config.smtp.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())));
-    let limits = Arc::new(ConnectionLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip));
+    let limits = ConnectionLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip)
+        .with_network_share(config.smtp.network_share);
+    let limits = Arc::new(limits);
     let handler = Arc::new(
         SmtpHandler::new(engine.clone(), config.smtp.relay_networks.clone(), config.smtp.relay_domains.clone(), users)
             .with_verifier(verifier)

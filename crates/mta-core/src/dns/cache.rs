@@ -7,7 +7,7 @@
 //! moka (TinyLFU admission, LRU eviction) was used first. It does its housekeeping inline: every
 //! 64th read drains the read log (LRU moves, frequency sketch, timer wheel), ~15-35 µs on a
 //! 50,000-name working set, so 1 cached `resolve_mx` in 32 paid for it (p99 33 µs against a p50
-//! of 3-4 µs; measured with `examples/dns_bench.rs`, and the tail always landed on the same
+//! of 3-4 µs; measured with `bench/rust/src/bin/dns_bench.rs`, and the tail always landed on the same
 //! position in a fixed pattern of reads: the flush point). This cache does no deferred work: a
 //! hit is a hash, a shard lock, a map probe, a bit set and an `Arc` clone.
 //!

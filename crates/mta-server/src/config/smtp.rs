@@ -48,6 +48,9 @@ pub struct SmtpSection {
     pub max_connections: usize,
     /// Concurrent SMTP connections per client IP.
     pub max_connections_per_ip: usize,
+    /// Percent of `max_connections` one network (IPv4 /24, IPv6 /48) may hold before its idle sessions give way
+    /// to other networks' newcomers when every slot is taken; 100 turns it off (added key).
+    pub network_share: u8,
     /// A whole command line must arrive within this (RFC 5321 §4.5.3.2), however slowly its bytes trickle.
     pub timeout_command: HumanDuration,
     /// Wait for each DATA block.
@@ -86,6 +89,7 @@ impl Default for SmtpSection {
             max_recipients: session.max_recipients,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            network_share: mta_smtp::server::limits::DEFAULT_NETWORK_SHARE,
             timeout_command: session.timeout_command.into(),
             timeout_data: session.timeout_data.into(),
             min_data_rate: session.min_data_rate,
@@ -138,6 +142,9 @@ impl SmtpSection {
         }
         if self.listener.iter().any(|l| l.mode == ListenerMode::Smtps) && self.tls_cert.is_none() {
             return Err(Invalid::new("smtp.listener.mode", "mode \"smtps\" needs smtp.tls_cert and smtp.tls_key"));
+        }
+        if !(1..=100).contains(&self.network_share) {
+            return Err(Invalid::new("smtp.network_share", "must be a percentage from 1 to 100"));
         }
         if self.max_recipients == 0 {
             return Err(Invalid::new("smtp.max_recipients", "must be at least 1"));

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod limits;
 pub mod listener;
 pub mod session;
 mod stream;

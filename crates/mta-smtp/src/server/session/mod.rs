@@ -15,7 +15,7 @@ mod transfer;
 
 use super::config::SessionConfig;
 use super::handler::{Handler, ListenerMode, SessionInfo};
-use super::listener::IdleSlot;
+use super::limits::IdleSlot;
 use super::stream::MaybeTls;
 use crate::proto::command::{Body, Command, MailParams};
 use crate::proto::data::BdatReceiver;

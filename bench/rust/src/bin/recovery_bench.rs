@@ -1,7 +1,7 @@
 //! Recovery benchmark: fill a spool with N queued messages (if it has fewer), then time how long a restart
 //! takes until the engine is open and its queues are rebuilt.
 //!
-//! `cargo run --release -p mta-core --example recovery_bench -- /tmp/mta-recovery 1000000`
+//! `cargo run --release -p mta-bench --bin recovery_bench -- /tmp/mta-recovery 1000000`
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Benchmark helper: a loopback DNS server naming the benchmark's sinks: `d0.bench` ... `d{N-1}.bench` each
 //! have `MX 10 mx.dN.bench` with `A <ip>`. Prints `listening <addr>` and serves until killed.
 //!
-//! `cargo run --release -p mta-core --example bench_dns -- 100 127.0.0.1 [port]`
+//! `cargo run --release -p mta-bench --bin bench_dns -- 100 127.0.0.1 [port]`
 
 use std::net::{IpAddr, Ipv4Addr};
 

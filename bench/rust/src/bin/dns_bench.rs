@@ -1,6 +1,6 @@
 //! Resolver pool benchmark (the 3 scenarios of issue 3) against an in-process DNS server.
 //!
-//! `cargo run -p mta-core --release --example dns_bench -- [--calls 1000000] [--servfail-secs 30] [--qps-secs 10]`
+//! `cargo run --release -p mta-bench --bin dns_bench -- [--calls 1000000] [--servfail-secs 30] [--qps-secs 10]`
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

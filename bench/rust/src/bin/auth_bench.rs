@@ -5,7 +5,7 @@
 //!   latency one at a time, then throughput with 64 concurrent verifications;
 //! - DKIM signing of a 10 KiB message with RSA-2048 and Ed25519 (one thread, then all cores).
 //!
-//! `cargo run --release -p mta-core --example auth_bench [-- N]`
+//! `cargo run --release -p mta-bench --bin auth_bench [-- N]`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Benchmark helper: write N queued 1 KiB messages to D domains (`d0.bench` ...) straight into a spool, due now,
 //! so a server started on that spool has a backlog to drain.
 //!
-//! `cargo run --release -p mta-core --example fill_spool -- /tmp/spool 100000 100 [size] [node] [--delay-secs N]`
+//! `cargo run --release -p mta-bench --bin fill_spool -- /tmp/spool 100000 100 [size] [node] [--delay-secs N]`
 //!
 //! `--delay-secs N` schedules every message's first attempt N seconds from now (queued, not yet due): the memory
 //! benchmark measures what scheduled messages cost while none is being delivered.

@@ -1,6 +1,6 @@
 //! Manual throughput check of the spool (not a test).
 //!
-//! `cargo run --release -p mta-spool --example spool_bench -- [--count N] [--concurrency C] [--size BYTES]
+//! `cargo run --release -p mta-bench --bin spool_bench -- [--count N] [--concurrency C] [--size BYTES]
 //! [--batch B] [--dir PATH] [--scan 1] [--cache-mb MB]`
 //!
 //! Runs N puts of BYTES-byte bodies from C concurrent tokio tasks (each committing B puts per request, default 1)
