@@ -140,7 +140,7 @@ impl Verifier {
     /// (the stub) until [`Verifier::with_resolver`] gives it the pool itself.
     pub fn new(auth: MessageAuthenticator, policy: AuthPolicy, authserv_id: impl Into<String>) -> Self {
         let authserv_id = authserv_id.into();
-        let spf = Spf::new(SpfDns::Hickory(auth.0.clone()), authserv_id.clone());
+        let spf = Spf::new(SpfDns::Hickory(Box::new(auth.0.clone())), authserv_id.clone());
         Verifier { auth, spf, policy, authserv_id, deadline: DEFAULT_DEADLINE }
     }
 

@@ -86,7 +86,7 @@ impl Preflight {
             })
             .collect();
         let hostname = hostname.into();
-        let spf = Spf::new(SpfDns::Hickory(auth.0.clone()), hostname.clone());
+        let spf = Spf::new(SpfDns::Hickory(Box::new(auth.0.clone())), hostname.clone());
         Preflight { auth, spf, signer, sources, hostname, state: RwLock::new(state) }
     }
 

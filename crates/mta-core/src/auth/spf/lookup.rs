@@ -23,7 +23,7 @@ pub enum SpfDns {
     Pool(Resolver),
     /// A hickory resolver, normally mail-auth's pointed at the pool's loopback stub (so the
     /// same pool answers, one loopback hop further).
-    Hickory(hickory_resolver::TokioResolver),
+    Hickory(Box<hickory_resolver::TokioResolver>),
 }
 
 impl std::fmt::Debug for SpfDns {
