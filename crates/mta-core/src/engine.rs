@@ -275,8 +275,9 @@ impl Engine {
             delivery.start();
         }
         let mut tasks = Vec::new();
-        // Mail authentication resolves through a loopback stub of our resolver pool, so its lookups share our
-        // cache and our caps; it runs only when something needs it.
+        // Mail authentication resolves through our resolver pool: SPF (our evaluator) directly, mail-auth's
+        // DKIM/DMARC/ARC through a loopback stub of it, so all share our cache and our caps; it runs only when
+        // something needs it.
         let (mut verifier, mut preflight) = (None, None);
         if !config.auth.is_off() || signer.is_some() {
             let (stub, stub_task) = resolver
@@ -287,15 +288,21 @@ impl Engine {
             let authenticator =
                 crate::auth::authenticator(stub, config.dns.lookup_timeout).map_err(EngineError::Auth)?;
             if !config.auth.is_off() {
-                verifier = Some(Arc::new(Verifier::new(authenticator.clone(), config.auth, config.hostname.clone())));
+                verifier = Some(Arc::new(
+                    Verifier::new(authenticator.clone(), config.auth, config.hostname.clone())
+                        .with_resolver(resolver.clone()),
+                ));
             }
             if let Some(signer) = &signer {
-                let p = Arc::new(Preflight::new(
-                    authenticator,
-                    signer.clone(),
-                    config.source_addresses.clone(),
-                    config.hostname.clone(),
-                ));
+                let p = Arc::new(
+                    Preflight::new(
+                        authenticator,
+                        signer.clone(),
+                        config.source_addresses.clone(),
+                        config.hostname.clone(),
+                    )
+                    .with_resolver(resolver.clone()),
+                );
                 tasks.push(p.clone().spawn(crate::auth::DEFAULT_REFRESH));
                 if config.hold_on_preflight_mismatch {
                     let check = p.clone();

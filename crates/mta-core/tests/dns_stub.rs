@@ -33,3 +33,15 @@ async fn dns_hickory_client_gets_answers_through_our_cache() {
     assert_eq!(r.query_txt("txt.test").await.unwrap().source, mta_core::dns::Source::Cache);
     task.abort();
 }
+
+#[tokio::test]
+async fn dns_the_root_name_is_nodata_not_an_error() {
+    // mail-auth asks `. A` for a null MX target (RFC 7505): FORMERR made it a temperror
+    let f = fixture().await;
+    let r = resolver(config(&f));
+    let (addr, task) = r.serve_stub("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let c = client(addr);
+    let e = c.ipv4_lookup(".").await.unwrap_err();
+    assert!(e.is_no_records_found() && !e.is_nx_domain(), "{e:?}");
+    task.abort();
+}

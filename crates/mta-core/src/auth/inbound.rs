@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, MessageAuthenticator, SpfOutput,
     SpfResult,
 };
 use tokio::time::timeout_at;
 
+use super::spf::{self, Spf, SpfDns};
 use super::{dmarc, AuthPolicy, Policy};
+use crate::dns::Resolver;
 
 /// Default deadline of one verification (all lookups together).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -104,9 +105,14 @@ pub struct Verdict {
 }
 
 /// Verifies received mail. Cheap to clone; share one.
+///
+/// SPF is our own evaluator ([`spf::Spf`]); DKIM, DMARC and ARC are mail-auth's. Both resolve
+/// through the same pool: SPF directly ([`Verifier::with_resolver`]), mail-auth through the
+/// pool's loopback stub, so they share one cache, one set of caps and one retry budget.
 #[derive(Clone)]
 pub struct Verifier {
     auth: MessageAuthenticator,
+    spf: Spf,
     policy: AuthPolicy,
     authserv_id: String,
     deadline: Duration,
@@ -128,9 +134,19 @@ fn deadline_error() -> mail_auth::Error {
 
 impl Verifier {
     /// `auth` from [`super::authenticator`] (our pool's stub); `authserv_id` is
-    /// `server.hostname`. Deadline [`DEFAULT_DEADLINE`].
+    /// `server.hostname`. Deadline [`DEFAULT_DEADLINE`]. SPF asks through `auth`'s resolver
+    /// (the stub) until [`Verifier::with_resolver`] gives it the pool itself.
     pub fn new(auth: MessageAuthenticator, policy: AuthPolicy, authserv_id: impl Into<String>) -> Self {
-        Verifier { auth, policy, authserv_id: authserv_id.into(), deadline: DEFAULT_DEADLINE }
+        let authserv_id = authserv_id.into();
+        let spf = Spf::new(SpfDns::Hickory(Box::new(auth.0.clone())), authserv_id.clone());
+        Verifier { auth, spf, policy, authserv_id, deadline: DEFAULT_DEADLINE }
+    }
+
+    /// SPF lookups straight through `resolver` (the pool behind the stub): no loopback hop, and
+    /// names outside host name syntax that SPF must be able to ask for (RFC 7208 §4.8).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.spf = Spf::new(SpfDns::Pool(resolver), self.authserv_id.clone());
+        self
     }
 
     /// Bound the whole verification to `deadline`; lookups still pending then count as
@@ -178,28 +194,22 @@ impl Verifier {
         });
         let mut summary = Summary::default();
 
-        // RFC 7208 §2.3: the HELO identity is checked only when it is a domain name; an address
-        // literal gives "none" (for the null sender's MAIL FROM identity too).
-        let helo_is_domain = is_domain(helo);
+        // IPv4-mapped IPv6 peers (a dual-stack listener) are IPv4 clients, for SPF and in the header
+        let client_ip = spf::unmap(client_ip);
+        // RFC 7208 §2.3/§4.3: a HELO that is an address literal or not a domain, and a MAIL FROM
+        // domain literal, give "none" (the evaluator checks); the null sender checks postmaster@HELO.
         let spf_helo = async {
             if p.spf == Policy::Off {
                 return None;
             }
-            if !helo_is_domain {
-                return Some(Some(SpfOutput::new(helo.to_string()).with_result(SpfResult::None)));
-            }
-            let params = SpfParameters::verify_ehlo(client_ip, helo, host);
-            Some(timeout_at(deadline, self.auth.verify_spf(params)).await.ok())
+            Some(timeout_at(deadline, self.spf.verify_helo(client_ip, helo)).await.ok().map(|o| to_mail_auth(&o)))
         };
         let spf_mail_from = async {
             if !need_spf {
                 return None;
             }
-            if mail_from.is_empty() && !helo_is_domain {
-                return Some(Some(SpfOutput::new(helo.to_string()).with_result(SpfResult::None)));
-            }
-            let params = SpfParameters::verify_mail_from(client_ip, helo, host, mail_from);
-            Some(timeout_at(deadline, self.auth.verify_spf(params)).await.ok())
+            let check = self.spf.verify_mail_from(client_ip, helo, mail_from);
+            Some(timeout_at(deadline, check).await.ok().map(|o| to_mail_auth(&o)))
         };
         let dkim = async {
             let m = parsed.as_ref().filter(|_| need_dkim)?;
@@ -377,13 +387,22 @@ impl Verifier {
     }
 }
 
-/// A plausible domain name (not an address literal, not an IP, at least one dot).
-fn is_domain(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('[')
-        && s.parse::<IpAddr>().is_err()
-        && s.contains('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') || b >= 0x80)
+/// Our SPF result as mail-auth's, which its `Authentication-Results:` writer and DMARC take.
+fn to_mail_auth(o: &spf::SpfOutput) -> SpfOutput {
+    let result = match o.result {
+        spf::SpfResult::Pass => SpfResult::Pass,
+        spf::SpfResult::Fail => SpfResult::Fail,
+        spf::SpfResult::SoftFail => SpfResult::SoftFail,
+        spf::SpfResult::Neutral => SpfResult::Neutral,
+        spf::SpfResult::TempError => SpfResult::TempError,
+        spf::SpfResult::PermError => SpfResult::PermError,
+        spf::SpfResult::None => SpfResult::None,
+    };
+    let out = SpfOutput::new(o.domain.clone()).with_result(result);
+    match &o.explanation {
+        Some(e) => out.with_explanation(e.clone()),
+        None => out,
+    }
 }
 
 /// Add `dkim=none` (mail-auth reports nothing when there is no signature).

@@ -40,6 +40,7 @@ mod error;
 mod inbound;
 mod preflight;
 mod signing;
+pub mod spf;
 
 use std::net::SocketAddr;
 use std::time::Duration;

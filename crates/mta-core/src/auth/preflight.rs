@@ -14,14 +14,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hickory_proto::rr::RData;
-use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfResult};
+use mail_auth::MessageAuthenticator;
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::signing::{from_domain, normalize_domain, public_key_matches, LoadedKey, Signer};
+use super::spf::{Spf, SpfDns, SpfResult};
+use crate::dns::Resolver;
 use crate::events::now_rfc3339;
+
+/// Bound of one SPF check (each lookup has the pool's own timeout; this caps their sum).
+const SPF_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often every domain is checked again.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
@@ -46,6 +50,7 @@ pub struct SenderStatus {
 /// The pre-flight checker. Share it as `Arc<Preflight>`.
 pub struct Preflight {
     auth: MessageAuthenticator,
+    spf: Spf,
     signer: Arc<Signer>,
     sources: Vec<IpAddr>,
     hostname: String,
@@ -81,7 +86,16 @@ impl Preflight {
                 (d, s)
             })
             .collect();
-        Preflight { auth, signer, sources, hostname: hostname.into(), state: RwLock::new(state) }
+        let hostname = hostname.into();
+        let spf = Spf::new(SpfDns::Hickory(Box::new(auth.0.clone())), hostname.clone());
+        Preflight { auth, spf, signer, sources, hostname, state: RwLock::new(state) }
+    }
+
+    /// SPF lookups straight through `resolver` (the pool behind mail-auth's stub), as
+    /// [`super::Verifier::with_resolver`].
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.spf = Spf::new(SpfDns::Pool(resolver), self.hostname.clone());
+        self
     }
 
     /// The last result of every signing domain, sorted by domain.
@@ -162,11 +176,11 @@ impl Preflight {
         let mut bad = Vec::new();
         let mut temp = Vec::new();
         for ip in &self.sources {
-            let params = SpfParameters::verify_mail_from(*ip, &self.hostname, &self.hostname, &sender);
-            match self.auth.verify_spf(params).await.result() {
-                SpfResult::Pass => {}
-                SpfResult::TempError => temp.push(format!("{ip}: temperror")),
-                other => bad.push(format!("{ip}: {}", other.to_string().to_ascii_lowercase())),
+            let check = self.spf.verify_mail_from(*ip, &self.hostname, &sender);
+            match tokio::time::timeout(SPF_CHECK_TIMEOUT, check).await.map(|o| o.result) {
+                Ok(SpfResult::Pass) => {}
+                Ok(SpfResult::TempError) | Err(_) => temp.push(format!("{ip}: temperror")),
+                Ok(other) => bad.push(format!("{ip}: {other}")),
             }
         }
         if !bad.is_empty() {

@@ -132,8 +132,18 @@ pub use records::{Lookup, MxRecord, Source, TxtRecord};
 pub use stub::stub_client;
 
 use cache::{Answer, Entry};
+pub(crate) use pool::name_to_string;
 use pool::Inner;
 use upstream::Upstream;
+
+/// The records of one SPF lookup ([`Resolver::query_spf`]).
+pub(crate) enum SpfRecords {
+    Txt(Arc<Vec<TxtRecord>>),
+    A(Arc<Vec<Ipv4Addr>>),
+    Aaaa(Arc<Vec<Ipv6Addr>>),
+    Mx(Arc<Vec<MxRecord>>),
+    Ptr(Arc<Vec<String>>),
+}
 
 /// The resolver pool. Cheap to clone (an `Arc` inside); share one per process.
 #[derive(Clone)]
@@ -210,8 +220,17 @@ impl Resolver {
         rtype: RecordType,
         extract: fn(&Answer) -> Option<Arc<Vec<T>>>,
     ) -> Result<Lookup<T>, DnsError> {
+        self.query_key(name::normalize(name)?, rtype, extract).await
+    }
+
+    async fn query_key<T>(
+        &self,
+        name: Arc<str>,
+        rtype: RecordType,
+        extract: fn(&Answer) -> Option<Arc<Vec<T>>>,
+    ) -> Result<Lookup<T>, DnsError> {
         let t0 = Instant::now();
-        let key = (name::normalize(name)?, rtype);
+        let key = (name, rtype);
         let res = self.inner.lookup(key).await;
         histogram!("mta_dns_lookup_seconds").record(t0.elapsed().as_secs_f64());
         let (entry, source) = res?;
@@ -261,6 +280,54 @@ impl Resolver {
             _ => None,
         })
         .await
+    }
+
+    /// SPF's lookups (TXT, A, AAAA, MX, PTR as [`SpfRecords`]): like the others, but the name
+    /// may hold spaces (macro expansions, RFC 7208 §7.3).
+    pub(crate) async fn query_spf(&self, name: &str, rtype: RecordType) -> Result<SpfRecords, DnsError> {
+        let key = name::normalize_literal(name)?;
+        Ok(match rtype {
+            RecordType::TXT => SpfRecords::Txt(
+                self.query_key(key, rtype, |a| match a {
+                    Answer::Txt(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .await?
+                .records,
+            ),
+            RecordType::A => SpfRecords::A(
+                self.query_key(key, rtype, |a| match a {
+                    Answer::A(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .await?
+                .records,
+            ),
+            RecordType::AAAA => SpfRecords::Aaaa(
+                self.query_key(key, rtype, |a| match a {
+                    Answer::Aaaa(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .await?
+                .records,
+            ),
+            RecordType::MX => SpfRecords::Mx(
+                self.query_key(key, rtype, |a| match a {
+                    Answer::Mx(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .await?
+                .records,
+            ),
+            _ => SpfRecords::Ptr(
+                self.query_key(key, RecordType::PTR, |a| match a {
+                    Answer::Ptr(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .await?
+                .records,
+            ),
+        })
     }
 
     /// MX records of `name`.

@@ -4,9 +4,20 @@ use std::sync::Arc;
 
 use super::error::DnsError;
 
-/// `"Bücher.Example"` → `"xn--bcher-kva.example."`. Accepts a trailing dot. Underscores are
-/// allowed (`_dmarc`, DKIM selectors); other characters outside letters, digits and `-` are not.
+/// `"Bücher.Example"` → `"xn--bcher-kva.example."`. Accepts a trailing dot. Labels may hold any
+/// printable ASCII but `\\` (SPF targets such as `foo:bar/baz.example` are legal names, RFC 7208
+/// §4.8); whitespace, control characters, empty labels and over-long labels or names are not.
 pub(crate) fn normalize(name: &str) -> Result<Arc<str>, DnsError> {
+    normalize_with(name, false)
+}
+
+/// [`normalize`], but labels may also hold spaces: SPF macro expansions make such names
+/// (`%_`, RFC 7208 §7.3) and DNS allows any octet in a label. For SPF lookups only.
+pub(crate) fn normalize_literal(name: &str) -> Result<Arc<str>, DnsError> {
+    normalize_with(name, true)
+}
+
+fn normalize_with(name: &str, allow_space: bool) -> Result<Arc<str>, DnsError> {
     let trimmed = name.trim();
     let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
     let invalid = || DnsError::InvalidName(name.to_string());
@@ -24,7 +35,7 @@ pub(crate) fn normalize(name: &str) -> Result<Arc<str>, DnsError> {
     for label in ascii.split('.') {
         if label.is_empty()
             || label.len() > 63
-            || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !label.bytes().all(|b| (b.is_ascii_graphic() && b != b'\\') || (allow_space && b == b' '))
         {
             return Err(invalid());
         }
@@ -46,5 +57,7 @@ mod tests {
         assert!(normalize("").is_err());
         assert!(normalize("a..b").is_err());
         assert!(normalize("a b.com").is_err());
+        assert_eq!(&*normalize_literal("a b.com").unwrap(), "a b.com.");
+        assert!(normalize_literal("a\tb.com").is_err());
     }
 }

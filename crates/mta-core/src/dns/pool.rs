@@ -279,7 +279,10 @@ impl Inner {
     /// reply (none if no packet left), to whom a failure is attributed.
     async fn resolve_upstream(&self, key: &Key, first: bool) -> (Result<Arc<Entry>, DnsError>, Option<usize>) {
         let deadline = Instant::now() + self.cfg.lookup_timeout;
-        let name = match Name::from_ascii(&*key.0) {
+        // From raw labels, not `from_ascii`: SPF must be able to ask for names outside the
+        // letter-digit-hyphen syntax (`foo:bar/baz.example`, RFC 7208 test suite); `normalize`
+        // has already bounded label and name lengths.
+        let name = match Name::from_labels(key.0.split('.').filter(|l| !l.is_empty()).map(str::as_bytes)) {
             Ok(n) => n,
             Err(e) => return (Err(DnsError::InvalidName(e.to_string())), None),
         };
@@ -529,10 +532,8 @@ pub(crate) fn name_to_string(n: &Name) -> String {
     if n.is_root() {
         return ".".to_string();
     }
-    let mut s = n.to_ascii();
-    if s.ends_with('.') {
-        s.pop();
-    }
-    s.make_ascii_lowercase();
-    s
+    // The labels' own bytes (not `to_ascii`, which escapes characters outside the usual host
+    // name syntax): a PTR or MX target is compared and queried again as published.
+    let labels: Vec<String> = n.iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
+    labels.join(".")
 }

@@ -3,7 +3,8 @@
 //!
 //! Point the client at the returned address with its own cache off (`cache_size = 0`) and
 //! `attempts = 0`. Answers are synthesized under the query name (a CNAME chain is flattened);
-//! TTLs are what is left in our cache. NXDOMAIN → NXDOMAIN, NODATA → NOERROR/empty, a transient
+//! TTLs are what is left in our cache. NXDOMAIN → NXDOMAIN, NODATA (and any question about the
+//! root name, e.g. a null MX's target) → NOERROR/empty, a transient
 //! failure → SERVFAIL, other query types → NOTIMP. UDP answers too large for the client are
 //! truncated (TC) and the client retries over TCP on the same port.
 
@@ -165,6 +166,11 @@ async fn respond(r: &Resolver, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
     let rtype = q.query_type();
     if !matches!(rtype, RecordType::A | RecordType::AAAA | RecordType::MX | RecordType::TXT | RecordType::PTR) {
         resp.metadata.response_code = ResponseCode::NotImp;
+        return resp.to_vec().ok();
+    }
+    // The root name (mail-auth asks `. A` for a null MX target): it has no such records. Answered
+    // here as NODATA, not FORMERR, which hickory would turn into an error (a temperror for SPF).
+    if qname.is_root() {
         return resp.to_vec().ok();
     }
     let key = match normalize(&qname.to_ascii()) {

@@ -1,5 +1,6 @@
 //! Test helpers (feature `testing`): an in-process authoritative DNS server (hickory-server,
-//! in-memory zones) and a fault-injecting UDP proxy in front of it that tests control.
+//! in-memory zones), a fault-injecting UDP proxy in front of it that tests control, and a scripted
+//! server ([`ScriptedDnsServer`]) for suites that define their own answers (RFC 7208's).
 //!
 //! ```ignore
 //! let server = TestDnsServer::start(vec![
@@ -8,6 +9,10 @@
 //! let proxy = FaultyProxy::start(server.addr()).await?;   // optional
 //! let resolver = Resolver::new(DnsConfig { nameservers: vec![proxy.addr()], ..Default::default() })?;
 //! ```
+
+mod scripted;
+
+pub use scripted::{Scripted, ScriptedDnsServer, ScriptedZone};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
