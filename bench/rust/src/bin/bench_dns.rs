@@ -2,6 +2,10 @@
 //! have `MX 10 mx.dN.bench` with `A <ip>`. Prints `listening <addr>` and serves until killed.
 //!
 //! `cargo run --release -p mta-bench --bin bench_dns -- 100 127.0.0.1 [port]`
+//!
+//! `BENCH_DNS_TXT="name=text|name=text"` adds TXT records in the `bench` zone (SPF, DKIM keys and DMARC
+//! records of the inbound verification benchmark, `bench/auth/inbound.py`); a text longer than 255 octets is
+//! split into strings of 255.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -17,6 +21,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         zone = zone.mail_domain(&format!("d{i}.bench"), &[(10, &format!("mx.d{i}.bench"), IpAddr::V4(ip))]);
     }
     zone = zone.mail_domain("sender.bench", &[(10, "mx.sender.bench", IpAddr::V4(ip))]);
+    for record in std::env::var("BENCH_DNS_TXT").unwrap_or_default().split('|').filter(|r| !r.is_empty()) {
+        let Some((name, text)) = record.split_once('=') else {
+            return Err(format!("BENCH_DNS_TXT entry without '=': {record}").into());
+        };
+        let strings: Vec<&str> = text.as_bytes().chunks(255).filter_map(|c| std::str::from_utf8(c).ok()).collect();
+        zone = zone.txt(name, &strings);
+    }
     let server = TestDnsServer::start(vec![zone]).await?;
     println!("listening {}", server.addr());
     tokio::signal::ctrl_c().await?;

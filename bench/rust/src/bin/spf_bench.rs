@@ -3,7 +3,7 @@
 //! (through the stub, as it was used before). Record: `ip4`, an `include` with `a` and `mx`, `-all`;
 //! the client matches the last `mx` host, so every term is evaluated.
 //!
-//! `cargo run --release -p mta-core --example spf_bench [-- N]`
+//! `cargo run --release -p mta-bench --bin spf_bench [-- N]`
 
 use std::net::IpAddr;
 use std::time::Instant;
