@@ -136,6 +136,70 @@ impl Sink {
     }
 }
 
+/// The accessors DATA and BDAT receivers share, over their `sink`.
+macro_rules! sink_access {
+    () => {
+        /// Octets of content seen so far (after unstuffing, CRLFs included), stored or not.
+        pub fn size(&self) -> u64 {
+            self.sink.size
+        }
+
+        /// The content stored since the last call (empty once an error was seen): stream it on, keep nothing.
+        pub fn take(&mut self) -> Bytes {
+            self.sink.take()
+        }
+
+        /// The content stored since the last [`Self::clear_output`], borrowed (the buffer keeps its capacity).
+        pub fn output(&self) -> &[u8] {
+            self.sink.output()
+        }
+
+        /// Forget the stored content (after handing [`Self::output`] on).
+        pub fn clear_output(&mut self) {
+            self.sink.clear_output();
+        }
+
+        /// The first content error so far.
+        pub fn error(&self) -> Option<DataError> {
+            self.sink.error
+        }
+    };
+}
+
+/// What a session needs of a content receiver, DATA or BDAT: feed it bytes, hand on what it stored.
+pub trait ContentReceiver {
+    /// Feeds received bytes; [`Progress::Done`] says how many belonged to the content.
+    fn feed(&mut self, input: &[u8]) -> Progress;
+    /// The content stored since the last [`ContentReceiver::clear_output`].
+    fn output(&self) -> &[u8];
+    /// Forget the stored content (after handing it on).
+    fn clear_output(&mut self);
+}
+
+impl ContentReceiver for DataReceiver {
+    fn feed(&mut self, input: &[u8]) -> Progress {
+        DataReceiver::feed(self, input)
+    }
+    fn output(&self) -> &[u8] {
+        DataReceiver::output(self)
+    }
+    fn clear_output(&mut self) {
+        DataReceiver::clear_output(self)
+    }
+}
+
+impl ContentReceiver for BdatReceiver {
+    fn feed(&mut self, input: &[u8]) -> Progress {
+        BdatReceiver::feed(self, input)
+    }
+    fn output(&self) -> &[u8] {
+        BdatReceiver::output(self)
+    }
+    fn clear_output(&mut self) {
+        BdatReceiver::clear_output(self)
+    }
+}
+
 /// Receives DATA content: finds the terminating `CRLF.CRLF`, removes dot-stuffing, checks the content.
 #[derive(Debug)]
 pub struct DataReceiver {
@@ -214,30 +278,7 @@ impl DataReceiver {
         Progress::NeedMore
     }
 
-    /// Octets of content seen so far (after unstuffing, CRLFs included), stored or not.
-    pub fn size(&self) -> u64 {
-        self.sink.size
-    }
-
-    /// The content stored since the last call (empty once an error was seen): stream it on, keep nothing.
-    pub fn take(&mut self) -> Bytes {
-        self.sink.take()
-    }
-
-    /// The content stored since the last [`Self::clear_output`], borrowed (the buffer keeps its capacity).
-    pub fn output(&self) -> &[u8] {
-        self.sink.output()
-    }
-
-    /// Forget the stored content (after handing [`Self::output`] on).
-    pub fn clear_output(&mut self) {
-        self.sink.clear_output();
-    }
-
-    /// The first content error so far.
-    pub fn error(&self) -> Option<DataError> {
-        self.sink.error
-    }
+    sink_access!();
 
     /// The message after [`Progress::Done`]: the exact bytes after unstuffing not yet taken, or the first
     /// content error.
@@ -313,30 +354,8 @@ impl BdatReceiver {
         }
     }
 
-    /// The first content error so far (check it after each chunk: a failed chunk ends the transaction).
-    pub fn error(&self) -> Option<DataError> {
-        self.sink.error
-    }
-
-    /// Octets received so far.
-    pub fn size(&self) -> u64 {
-        self.sink.size
-    }
-
-    /// The content stored since the last call (empty once an error was seen): stream it on, keep nothing.
-    pub fn take(&mut self) -> Bytes {
-        self.sink.take()
-    }
-
-    /// The content stored since the last [`Self::clear_output`], borrowed (the buffer keeps its capacity).
-    pub fn output(&self) -> &[u8] {
-        self.sink.output()
-    }
-
-    /// Forget the stored content (after handing [`Self::output`] on).
-    pub fn clear_output(&mut self) {
-        self.sink.clear_output();
-    }
+    // After each chunk check `error()`: a failed chunk ends the transaction.
+    sink_access!();
 
     /// The message after the LAST chunk (what was not taken yet). Content that does not end with CRLF gets one appended so the
     /// message can later be relayed with DATA; a trailing lone CR is a bare CR.

@@ -5,7 +5,7 @@
 
 use super::{Flow, Session, SessionError, State, Txn};
 use crate::proto::command::Body;
-use crate::proto::data::{BdatReceiver, DataError, DataReceiver, HopCounter, Progress};
+use crate::proto::data::{BdatReceiver, ContentReceiver, DataError, DataReceiver, HopCounter, Progress};
 use crate::server::handler::{ContentSink, Handler, Transaction};
 use crate::Reply;
 use bytes::{Buf, Bytes};
@@ -85,6 +85,21 @@ where
         let mut incoming = Incoming { txn, content, hops: HopCounter::new(), refused: None, since_yield: 0 };
         self.reply(&Reply::basic(354, "End data with <CR><LF>.<CR><LF>"));
         let mut receiver = DataReceiver::new(self.config.max_line, self.config.max_message_size);
+        if self.receive(&mut receiver, &mut incoming).await? == Flow::Close {
+            return Ok(Flow::Close);
+        }
+        let end = receiver.finish();
+        self.deliver(incoming, end).await
+    }
+
+    /// Feeds the input to `receiver` and what it stores on to the handler's sink, reading more within the
+    /// content deadlines, until the receiver is done (the end of DATA, or the end of a BDAT chunk).
+    /// Shutdown is not watched here: a message being received is allowed to finish.
+    async fn receive(
+        &mut self,
+        receiver: &mut impl ContentReceiver,
+        incoming: &mut Incoming<H::Content>,
+    ) -> Result<Flow, SessionError> {
         let started = Instant::now();
         let mut received = 0u64;
         loop {
@@ -99,18 +114,15 @@ where
                     }
                     Progress::Done { consumed } => {
                         self.inbuf.advance(consumed);
-                        break;
+                        return Ok(Flow::Continue);
                     }
                 }
             }
-            // Shutdown is not watched here: a message being received is allowed to finish.
             let input = self.read_more(self.content_wait(started, received)).await?;
             if self.end_on(input) == Flow::Close {
                 return Ok(Flow::Close);
             }
         }
-        let end = receiver.finish();
-        self.deliver(incoming, end).await
     }
 
     pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Result<Flow, SessionError> {
@@ -143,29 +155,8 @@ where
             State::Connected | State::Greeted => return Ok(Flow::Continue),
         };
         receiver.start_chunk(size);
-        let started = Instant::now();
-        let mut received = 0u64;
-        while receiver.remaining() > 0 {
-            if !self.inbuf.is_empty() {
-                let progress = receiver.feed(&self.inbuf);
-                incoming.forward(receiver.output()).await;
-                receiver.clear_output();
-                match progress {
-                    Progress::NeedMore => {
-                        received += self.inbuf.len() as u64;
-                        self.inbuf.clear();
-                    }
-                    Progress::Done { consumed } => {
-                        self.inbuf.advance(consumed);
-                        break;
-                    }
-                }
-                continue;
-            }
-            let input = self.read_more(self.content_wait(started, received)).await?;
-            if self.end_on(input) == Flow::Close {
-                return Ok(Flow::Close);
-            }
+        if receiver.remaining() > 0 && self.receive(&mut receiver, &mut incoming).await? == Flow::Close {
+            return Ok(Flow::Close);
         }
         if let Some(e) = receiver.error() {
             // RFC 3030 §4.2: after a failed chunk the client sends no more; the transaction is over.
