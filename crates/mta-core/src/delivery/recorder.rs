@@ -5,6 +5,7 @@
 //! Order matters for the invariant "a message is in the spool until each recipient is delivered or bounced":
 //! the DSN and the new states become durable together, and only after that do events go out and memory forget.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mta_spool::{MessageKind, MessageRecord, Op, Priority, RecipientState};
@@ -71,6 +72,11 @@ pub(crate) struct Recorder {
     clock: Clock,
     /// Serialises recording per message (several domains of one message may finish at once).
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Recordings started in the background (expiry, DNS failures) and not finished: stop waits for them so
+    /// none reaches a closed spool.
+    background: AtomicUsize,
+    /// Stopping: no new background recording starts (the work stays queued in the spool).
+    closed: AtomicBool,
 }
 
 impl Recorder {
@@ -84,20 +90,55 @@ impl Recorder {
         clock: Clock,
     ) -> Recorder {
         let stripes = (0..1024).map(|_| tokio::sync::Mutex::new(())).collect();
-        Recorder { spool, events, timers, cfg, hostname, clock, stripes }
+        Recorder {
+            spool,
+            events,
+            timers,
+            cfg,
+            hostname,
+            clock,
+            stripes,
+            background: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// Expire `w` (past `max_age`): bounce its pending recipients with an `expiration` event and a DSN.
     pub(crate) fn expire(self: &Arc<Self>, w: Work, from: State) {
         let outcome = Outcome::expired("Message expired: not delivered within the maximum queue lifetime".into());
-        let this = self.clone();
-        tokio::spawn(async move { this.record(w, from, Outcomes::All(outcome), None, None).await });
+        self.in_background(w, from, outcome);
     }
 
     /// Record an outcome decided without a connection (DNS, routing).
     pub(crate) fn finish_without_connection(self: &Arc<Self>, w: Work, from: State, outcome: Outcome) {
+        self.in_background(w, from, outcome);
+    }
+
+    /// Record `outcome` for every pending recipient of `w` in a task of its own, counted until it is done;
+    /// once stopping, nothing starts (the pair stays in the spool for the next start).
+    fn in_background(self: &Arc<Self>, w: Work, from: State, outcome: Outcome) {
+        // Counted before the check, with `close` setting the flag before it reads the count: either `close`
+        // sees this recording and waits for it, or this sees the flag and does not start.
+        self.background.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.background.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         let this = self.clone();
-        tokio::spawn(async move { this.record(w, from, Outcomes::All(outcome), None, None).await });
+        tokio::spawn(async move {
+            this.record(w, from, Outcomes::All(outcome), None, None).await;
+            this.background.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Stop starting background recordings.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Background recordings still running.
+    pub(crate) fn in_progress(&self) -> usize {
+        self.background.load(Ordering::SeqCst)
     }
 
     /// Apply `outcomes` to the message of `w`, durably, then update events and queues. `known` is the

@@ -130,11 +130,14 @@ impl Delivery {
     /// record its result. Work not finished stays queued in the spool.
     pub async fn shutdown(&self, limit: Duration) {
         self.ctx.stop();
+        self.ctx.recorder.close();
         self.ctx.timers.wake_all();
         // Idle connections wait for work; tell them to finish now.
         self.ctx.sites.wake_all();
         let deadline = self.ctx.clock.instant() + limit;
-        while self.ctx.connections() > 0 || self.ctx.resolving.load(Ordering::Acquire) > 0 {
+        // DNS lookups in flight are not waited for: what they resolve is neither queued nor recorded once
+        // stopping (it stays in the spool), so only connections and recordings hold the stop.
+        while self.ctx.connections() > 0 || self.ctx.recorder.in_progress() > 0 {
             let left = deadline.saturating_duration_since(self.ctx.clock.instant());
             if left.is_zero() {
                 tracing::warn!("delivery stop timed out; unfinished deliveries stay queued");
@@ -296,7 +299,12 @@ async fn resolve_and_queue(ctx: &Arc<Context>, domain: &str, works: Vec<Work>) {
     if works.is_empty() {
         return;
     }
-    let hops = match next_hops(ctx, domain).await {
+    let hops = next_hops(ctx, domain).await;
+    if ctx.is_stopping() {
+        // Stopping while this was resolved: leave the work to the next start (it is in the spool).
+        return;
+    }
+    let hops = match hops {
         Ok(h) => Arc::new(h),
         Err(outcome) => {
             for w in works {
