@@ -69,10 +69,10 @@ type Acked = (String, Vec<String>);
 /// Recipients of message `i`: always one delivered; every 5th also one bounced, every 7th one deferred.
 fn recipients(i: usize) -> Vec<String> {
     let mut r = vec![format!("ok{i}@d{}.test", i % 3)];
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         r.push(format!("bad{i}@d{}.test", (i + 1) % 3));
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         r.push(format!("later{i}@d{}.test", (i + 2) % 3));
     }
     r

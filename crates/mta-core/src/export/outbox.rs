@@ -34,7 +34,7 @@ pub(crate) async fn reap(spool: Spool, endpoints: Vec<Arc<Endpoint>>, max_bytes:
         if stats.bytes > max_bytes {
             shed(&spool, stats.bytes - max_bytes).await;
         }
-        if pass % METRICS_EVERY == 0 {
+        if pass.is_multiple_of(METRICS_EVERY) {
             publish(&spool, &endpoints).await;
         }
         pass = pass.wrapping_add(1);
