@@ -40,7 +40,8 @@ fn configuration_doc_names_every_key_check_config_prints() {
          [delivery]\nsource_address = \"127.0.0.1\"\nsmtp_timeout = \"10s\"\n[[delivery.pool]]\nname = \"p\"\naddresses = [\"127.0.0.1\"]\n\
          [[shaping]]\ndomain = \"example.net\"\nconnections = 2\nmessages_per_connection = 5\nrate = \"10/s\"\n\
          [[route]]\ndomain = \"*\"\nrelay = \"127.0.0.1:25\"\n\
-         [[dkim.key]]\ndomain = \"example.org\"\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\nkey_file = \"{}\"\n",
+         [[dkim.key]]\ndomain = \"example.org\"\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\nkey_file = \"{}\"\n\
+         [[webhook]]\nname = \"app\"\nurl = \"https://app.example/hook\"\nsecret = \"s\"\n",
         key.display()
     );
     let path = dir.path().join("c.toml");

@@ -17,7 +17,8 @@ use crate::backpressure::{Backpressure, BackpressureConfig};
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::dns::{DnsConfig, Resolver};
 use crate::error::{EngineError, InjectError};
-use crate::events::{now_rfc3339, Event, EventLog, EventType};
+use crate::events::{event_id, now_rfc3339, Event, EventLog, EventType};
+use crate::export::{ExportConfig, Exporters};
 use crate::incoming::{BodyBudget, Incoming};
 use crate::reception::{check_address, received_header, Protocol};
 
@@ -61,6 +62,8 @@ pub struct EngineConfig {
     pub hold_on_preflight_mismatch: bool,
     /// Addresses we send from, for the SPF pre-flight (besides the resolver's view of our host).
     pub source_addresses: Vec<IpAddr>,
+    /// Event export (`[[webhook]]`) and the outbox's bound; none by default.
+    pub export: ExportConfig,
 }
 
 /// Default [`EngineConfig::memory_per_message`]: 256 KiB.
@@ -89,6 +92,7 @@ impl EngineConfig {
             backpressure: None,
             hold_on_preflight_mismatch: false,
             source_addresses: Vec::new(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -206,6 +210,8 @@ struct Inner {
     preflight: Option<Arc<Preflight>>,
     /// The health state intake reads.
     backpressure: Backpressure,
+    /// Event exporters (their health).
+    exporters: Exporters,
     /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor): stopped at shutdown.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -229,10 +235,12 @@ fn now_ms() -> u64 {
 impl Engine {
     /// Open the spool (blocking work off the runtime), recover what it holds, open the event log.
     pub async fn open(config: EngineConfig) -> Result<(Engine, RecoveryReport), EngineError> {
-        let events = EventLog::open(config.event_log.as_deref()).map_err(|source| EngineError::EventLog {
-            path: config.event_log.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            source,
-        })?;
+        let events = EventLog::open(config.event_log.as_deref())
+            .map_err(|source| EngineError::EventLog {
+                path: config.event_log.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                source,
+            })?
+            .with_exported(config.export.exported());
         let mut spool_config = SpoolConfig::new(config.spool_path.clone(), &config.node_id);
         spool_config.sled_cache_bytes = config.spool_cache_bytes;
         let resolver = Resolver::new(config.dns.clone()).map_err(EngineError::Dns)?;
@@ -274,7 +282,8 @@ impl Engine {
         if config.delivery.enabled {
             delivery.start();
         }
-        let mut tasks = Vec::new();
+        // Exporters read what the outbox holds (from before a crash too) and what commits append from now on.
+        let (exporters, mut tasks) = crate::export::start(&spool, &config.export)?;
         // Mail authentication resolves through our resolver pool: SPF (our evaluator) directly, mail-auth's
         // DKIM/DMARC/ARC through a loopback stub of it, so all share our cache and our caps; it runs only when
         // something needs it.
@@ -331,6 +340,7 @@ impl Engine {
                 verifier,
                 preflight,
                 backpressure,
+                exporters,
                 tasks: parking_lot::Mutex::new(tasks),
             }),
         };
@@ -360,6 +370,11 @@ impl Engine {
     /// The event log (subscribe for delivery events).
     pub fn events(&self) -> &EventLog {
         &self.inner.events
+    }
+
+    /// The event exporters (endpoint health).
+    pub fn exporters(&self) -> &Exporters {
+        &self.inner.exporters
     }
 
     /// The engine's configuration.
@@ -496,6 +511,7 @@ impl Engine {
             Protocol::Local => "api",
             _ => "smtp",
         };
+        let (sender, tenant) = (injection.sender.clone(), injection.tenant.clone());
         let mut record = MessageRecord::new(id.clone(), injection.sender, &injection.recipients, now_ms());
         record.tenant = injection.tenant;
         record.pool = injection.pool;
@@ -511,6 +527,29 @@ impl Engine {
             StoredBody::Sealed(body) => Op::PutSealed { record, body },
         }];
         ops.extend(companions.into_iter().map(Op::from));
+        let timestamp = now_rfc3339();
+        let response = crate::Response::local(250, (2, 0, 0), format!("Ok: queued as {id}"));
+        let events: Vec<Event> = injection
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(index, address)| Event {
+                event_id: event_id(id.as_str(), index, address, EventType::Reception, 0),
+                kind: EventType::Reception,
+                id: id.to_string(),
+                sender: sender.clone(),
+                recipient: address.clone(),
+                domain: mta_spool::record::domain_of(address),
+                timestamp: timestamp.clone(),
+                response: response.clone(),
+                mx: None,
+                tenant: tenant.clone(),
+                source: Some(protocol.to_string()),
+                attempts: None,
+            })
+            .collect();
+        // A reception event is exported only if the message is durable, and always if it is: same commit.
+        ops.extend(self.inner.events.outbox_ops(&events));
         // The committer hands back the stored record (with its body location): no copy on the way in.
         let stored = spool.commit_returning(ops).await?;
         let Some(record) = stored.into_iter().next() else {
@@ -519,25 +558,6 @@ impl Engine {
         self.inner.delivery.enqueue(&record);
         metrics::counter!("mta_messages_received_total", "protocol" => protocol).increment(1);
         metrics::counter!("mta_recipients_received_total").increment(record.recipients.len() as u64);
-        let timestamp = now_rfc3339();
-        let response = crate::Response::local(250, (2, 0, 0), format!("Ok: queued as {id}"));
-        let events = record
-            .recipients
-            .iter()
-            .map(|r| Event {
-                kind: EventType::Reception,
-                id: id.to_string(),
-                sender: record.sender.clone(),
-                recipient: r.address.clone(),
-                domain: r.domain.clone(),
-                timestamp: timestamp.clone(),
-                response: response.clone(),
-                mx: None,
-                tenant: record.tenant.clone(),
-                source: Some(protocol.to_string()),
-                attempts: None,
-            })
-            .collect();
         self.inner.events.emit(events).await;
         Ok(Accepted { id, recipients: record.recipients.len() })
     }

@@ -77,6 +77,9 @@ pub enum EngineError {
     /// The spool could not be opened (locked by another process, unreadable, ...).
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    /// An event exporter could not be set up (bad URL, TLS).
+    #[error("event export: {0}")]
+    Export(#[from] crate::export::ExportError),
     /// The event log could not be opened.
     #[error("event log {path}: {source}")]
     EventLog {

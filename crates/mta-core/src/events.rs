@@ -2,6 +2,11 @@
 //!
 //! Writers hand events to a bounded channel (so a stalled disk slows producers instead of growing memory); one
 //! thread owns the file, batches writes and reopens the file on request (SIGHUP, for log rotation).
+//!
+//! Every event has an [`Event::event_id`] derived from what it reports (queue id, recipient, type, attempt),
+//! so a retried export or a state change recorded again after a crash carries the same id: receivers
+//! deduplicate on it. When exporters are configured, [`EventLog::outbox_ops`] turns the events a state change
+//! produces into outbox entries committed with that change (see [`crate::export`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -11,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
 /// What happened to one recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     /// Accepted and durable in the spool.
@@ -26,9 +31,92 @@ pub enum EventType {
     Expiration,
 }
 
+impl EventType {
+    /// Every type, in the order the docs list them.
+    pub const ALL: [EventType; 5] = [
+        EventType::Reception,
+        EventType::Delivery,
+        EventType::TransientFailure,
+        EventType::Bounce,
+        EventType::Expiration,
+    ];
+
+    /// The name used in JSON and config (`"transient_failure"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Reception => "reception",
+            EventType::Delivery => "delivery",
+            EventType::TransientFailure => "transient_failure",
+            EventType::Bounce => "bounce",
+            EventType::Expiration => "expiration",
+        }
+    }
+
+    /// The type named `name`, if any.
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of event types (which ones an exporter wants).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventTypes(u8);
+
+impl EventTypes {
+    /// No type.
+    pub const NONE: EventTypes = EventTypes(0);
+
+    /// Every type.
+    pub fn all() -> EventTypes {
+        EventType::ALL.into_iter().collect()
+    }
+
+    /// True when `t` is in the set.
+    pub fn contains(self, t: EventType) -> bool {
+        self.0 & t.bit() != 0
+    }
+
+    /// True when no type is in the set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The union of both sets.
+    pub fn union(self, other: EventTypes) -> EventTypes {
+        EventTypes(self.0 | other.0)
+    }
+}
+
+impl FromIterator<EventType> for EventTypes {
+    fn from_iter<I: IntoIterator<Item = EventType>>(iter: I) -> Self {
+        EventTypes(iter.into_iter().fold(0, |acc, t| acc | t.bit()))
+    }
+}
+
+/// The stable id of the event of type `kind` for recipient number `index` (`address`) of message `queue_id`
+/// after `attempts` attempts: the same inputs give the same id, so a retried or re-recorded event keeps it.
+/// 32 hex digits (128 bits of SHA-256).
+pub fn event_id(queue_id: &str, index: usize, address: &str, kind: EventType, attempts: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    // Fields separated by NUL: none of them can contain one, so distinct inputs never collide by concatenation.
+    for part in [queue_id.as_bytes(), index.to_string().as_bytes(), address.as_bytes(), kind.as_str().as_bytes()] {
+        h.update(part);
+        h.update([0]);
+    }
+    h.update(attempts.to_be_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
 /// One line of the event log.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// Stable id of this event (see [`event_id`]): receivers deduplicate on it.
+    pub event_id: String,
     /// Event type.
     #[serde(rename = "type")]
     pub kind: EventType,
@@ -74,6 +162,8 @@ enum Command {
 pub struct EventLog {
     tx: Option<mpsc::Sender<Command>>,
     subscribers: broadcast::Sender<Event>,
+    /// Types some exporter wants: those go to the outbox with the state change they report.
+    exported: EventTypes,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -88,13 +178,33 @@ impl EventLog {
     pub fn open(path: Option<&Path>) -> std::io::Result<EventLog> {
         let (subscribers, _) = broadcast::channel(4096);
         let Some(path) = path else {
-            return Ok(EventLog { tx: None, subscribers });
+            return Ok(EventLog { tx: None, subscribers, exported: EventTypes::NONE });
         };
         let path = path.to_path_buf();
         let file = open_append(&path)?;
         let (tx, rx) = mpsc::channel(8192);
         std::thread::Builder::new().name("mta-event-log".into()).spawn(move || writer(path, file, rx))?;
-        Ok(EventLog { tx: Some(tx), subscribers })
+        Ok(EventLog { tx: Some(tx), subscribers, exported: EventTypes::NONE })
+    }
+
+    /// The same log, also writing events of the `exported` types to the outbox (through
+    /// [`EventLog::outbox_ops`]).
+    pub fn with_exported(mut self, exported: EventTypes) -> EventLog {
+        self.exported = exported;
+        self
+    }
+
+    /// Outbox entries for the events some exporter wants: commit them with the state change they report.
+    pub fn outbox_ops(&self, events: &[Event]) -> Vec<mta_spool::Op> {
+        if self.exported.is_empty() {
+            return Vec::new();
+        }
+        events
+            .iter()
+            .filter(|e| self.exported.contains(e.kind))
+            .filter_map(|e| serde_json::to_vec(e).ok())
+            .map(|value| mta_spool::Op::OutboxAppend { value })
+            .collect()
     }
 
     /// Record events (waits when the writer is behind; never drops).
@@ -172,4 +282,35 @@ fn writer(path: PathBuf, file: File, mut rx: mpsc::Receiver<Command>) {
         }
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        let a = event_id("q1", 0, "a@x", EventType::TransientFailure, 1);
+        assert_eq!(a, event_id("q1", 0, "a@x", EventType::TransientFailure, 1));
+        assert_eq!(a.len(), 32);
+        for other in [
+            event_id("q1", 0, "a@x", EventType::TransientFailure, 2),
+            event_id("q1", 1, "a@x", EventType::TransientFailure, 1),
+            event_id("q1", 0, "a@x", EventType::Bounce, 1),
+            event_id("q2", 0, "a@x", EventType::TransientFailure, 1),
+        ] {
+            assert_ne!(a, other);
+        }
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        let set: EventTypes = [EventType::Bounce].into_iter().collect();
+        assert!(set.contains(EventType::Bounce) && !set.contains(EventType::Delivery));
+        assert!(EventTypes::all().contains(EventType::Expiration));
+    }
 }

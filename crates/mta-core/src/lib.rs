@@ -8,7 +8,8 @@
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
 //! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
-//! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
+//! - [`events`]: the delivery event log (JSON lines), in-process subscriptions, stable event ids.
+//! - [`export`]: the durable outbox's exporters (`[[webhook]]`), at least once across crashes.
 //! - [`error`]: typed errors, classified for the caller.
 //! - `fuzzing`: the `dsn` fuzz target's logic, shared with the property tests (not a stable API).
 //!
@@ -59,6 +60,7 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod incoming;
@@ -69,7 +71,7 @@ pub mod response;
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};
 pub use error::{EngineError, InjectError};
-pub use events::{Event, EventLog, EventType};
+pub use events::{Event, EventLog, EventType, EventTypes};
 pub use incoming::{BodyBudget, Incoming};
 pub use mta_spool::{MessageRecord, Priority, QueueId, RecipientState, Spool};
 pub use reception::Protocol;

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::SpoolError;
 use crate::id::QueueId;
+use crate::outbox::{self, OutboxDelta};
 use crate::record::{BodyLocation, MessageRecord, INLINE_MAX, INLINE_SEGMENT};
 use crate::segment::SegmentWriter;
 use crate::staged::SealedBody;
@@ -74,6 +75,16 @@ pub enum Op {
         /// Key bytes.
         key: Vec<u8>,
     },
+    /// Append an entry to the outbox ([`crate::outbox`]); the committer gives it the next sequence.
+    OutboxAppend {
+        /// The entry (for example one exported event as JSON).
+        value: Vec<u8>,
+    },
+    /// Delete every outbox entry with a sequence up to and including `seq`.
+    OutboxRemoveThrough {
+        /// The last sequence removed.
+        seq: u64,
+    },
 }
 
 /// What the committer answers a commit: the records stored by its `Put` ops, in order.
@@ -102,8 +113,14 @@ impl Request {
     fn weight(&self) -> (usize, u64) {
         match self {
             Request::Commit { ops, .. } => {
-                let bytes =
-                    ops.iter().map(|op| if let Op::Put { body, .. } = op { body.len() as u64 } else { 0 }).sum();
+                let bytes = ops
+                    .iter()
+                    .map(|op| match op {
+                        Op::Put { body, .. } => body.len() as u64,
+                        Op::OutboxAppend { value } => value.len() as u64,
+                        _ => 0,
+                    })
+                    .sum();
                 (ops.len(), bytes)
             }
             Request::Shutdown { .. } => (0, 0),
@@ -146,6 +163,10 @@ struct Plan {
     record_delta: i64,
     /// Staged bodies whose records this round writes: they become permanent when it succeeds.
     sealed: Vec<SealedBody>,
+    /// The round's outbox appends and removals.
+    outbox: OutboxDelta,
+    /// Outbox entries up to this sequence are already removed by an earlier request of the round.
+    outbox_removed_through: Option<u64>,
 }
 
 /// A request accepted into the round: its waiter and the puts whose stored records it gets back.
@@ -329,6 +350,7 @@ impl Committer {
         match outcome {
             Ok(locations) => {
                 stats.add_records(plan.record_delta);
+                self.shared.outbox.applied(&plan.outbox);
                 for body in &plan.sealed {
                     body.mark_committed();
                 }
@@ -367,6 +389,8 @@ impl Committer {
         let mut writes = Vec::with_capacity(ops.len());
         let mut delta = 0i64;
         let mut puts = Vec::new();
+        let mut outbox = OutboxDelta::default();
+        let mut removed_through = plan.outbox_removed_through;
         let result = (|| {
             for op in ops {
                 match op {
@@ -431,12 +455,44 @@ impl Committer {
                     }
                     Op::AuxPut { key, value } => writes.push(Write::AuxPut { key, value }),
                     Op::AuxRemove { key } => writes.push(Write::AuxRemove { key }),
+                    Op::OutboxAppend { value } => {
+                        let seq = self.shared.outbox.allocate();
+                        outbox.added += 1;
+                        outbox.added_bytes += value.len() as u64;
+                        outbox.first_added = Some(outbox.first_added.unwrap_or(seq).min(seq));
+                        outbox.last_added = Some(seq);
+                        writes.push(Write::AuxPut { key: outbox::key(seq), value });
+                    }
+                    Op::OutboxRemoveThrough { seq } => {
+                        // Only the committer writes the tree, so what it holds now is what the round removes.
+                        let start = removed_through.map_or(0, |s| s.saturating_add(1));
+                        if start <= seq {
+                            let index = self.shared.index()?;
+                            for item in index.aux.range(outbox::key(start)..=outbox::key(seq)) {
+                                let (k, v) = item.map_err(|e| SpoolError::sled("scan outbox", e))?;
+                                outbox.removed += 1;
+                                outbox.removed_bytes += v.len() as u64;
+                                writes.push(Write::AuxRemove { key: k.to_vec() });
+                            }
+                            let next = index
+                                .aux
+                                .range(outbox::key(seq.saturating_add(1))..)
+                                .next()
+                                .transpose()
+                                .map_err(|e| SpoolError::sled("scan outbox", e))?
+                                .and_then(|(k, _)| outbox::seq_of(&k));
+                            outbox.oldest_after_removal = Some(next.unwrap_or(u64::MAX));
+                            removed_through = Some(seq);
+                        }
+                    }
                 }
             }
             Ok(())
         })();
         match result {
             Ok(()) => {
+                plan.outbox.merge(outbox);
+                plan.outbox_removed_through = removed_through;
                 plan.slots.extend(slots);
                 plan.writes.extend(writes);
                 plan.record_delta += delta;

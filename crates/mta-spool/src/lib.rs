@@ -14,6 +14,7 @@
 //! - `staged`: [`StagedBody`], a large body written to a segment of its own while it arrives.
 //! - `index`: the sled trees and the fsyncs that make sled flushes durable.
 //! - `committer`: the group-commit thread and [`Op`].
+//! - [`outbox`]: the sequenced outbox of exported events, committed with the changes they report.
 //! - `stats`: [`SpoolStats`] for the back-pressure monitor, and `metrics` names.
 //! - `spool`: the public [`Spool`] handle.
 //! - `fuzzing`: the `spool_record` fuzz target's logic, shared with the property tests (not a stable API).
@@ -34,6 +35,7 @@ mod error;
 pub mod fuzzing;
 pub mod id;
 mod index;
+pub mod outbox;
 pub mod record;
 mod segment;
 mod spool;
@@ -46,6 +48,7 @@ pub mod testing;
 pub use committer::Op;
 pub use error::SpoolError;
 pub use id::{IdGenerator, QueueId};
+pub use outbox::{OutboxStats, OUTBOX_PREFIX};
 pub use record::{
     BodyLocation, DomainSchedule, MessageKind, MessageRecord, Priority, RecipientRecord, RecipientState, RecordError,
     Source, INLINE_MAX, INLINE_SEGMENT,

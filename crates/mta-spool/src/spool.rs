@@ -17,6 +17,7 @@ use crate::committer::{CommitReply, Committer, Op, Request};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, QueueId};
 use crate::index::Index;
+use crate::outbox::{self, OutboxState, OutboxStats, OUTBOX_PREFIX};
 use crate::record::MessageRecord;
 use crate::segment::{fsync_path, Segments};
 use crate::staged::StagedBody;
@@ -185,7 +186,9 @@ impl Spool {
         stats.set_records(survey.records as i64);
         tracing::info!(path = %path.display(), records = survey.records, active_segment = active, "spool opened");
 
+        let outbox = survey_outbox(&index)?;
         let shared = Arc::new(Shared {
+            outbox,
             index: RwLock::new(Some(index)),
             index_dir,
             cache_bytes: config.sled_cache_bytes,
@@ -372,6 +375,64 @@ impl Spool {
             .scan_prefix(prefix)
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| SpoolError::sled("scan aux keys", e)))
             .collect()
+    }
+
+    /// Up to `limit` durable outbox entries with a sequence above `after`, oldest first (blocking).
+    pub fn outbox_read(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let shared = self.shared();
+        let durable = shared.outbox.durable();
+        if after >= durable || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = shared.index()?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in index.aux.range(outbox::key(after.saturating_add(1))..=outbox::key(durable)) {
+            let (k, v) = item.map_err(|e| SpoolError::sled("read outbox", e))?;
+            if let Some(seq) = outbox::seq_of(&k) {
+                out.push((seq, v.to_vec()));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many durable outbox entries have a sequence above `after` (counting stops at `cap`), and the
+    /// oldest of them (blocking; values are not copied).
+    pub fn outbox_backlog(&self, after: u64, cap: u64) -> Result<(u64, Option<u64>), SpoolError> {
+        let shared = self.shared();
+        let durable = shared.outbox.durable();
+        if after >= durable {
+            return Ok((0, None));
+        }
+        let index = shared.index()?;
+        let (mut count, mut oldest) = (0u64, None);
+        for item in index.aux.range(outbox::key(after.saturating_add(1))..=outbox::key(durable)) {
+            let (k, _) = item.map_err(|e| SpoolError::sled("read outbox", e))?;
+            oldest = oldest.or_else(|| outbox::seq_of(&k));
+            count += 1;
+            if count >= cap {
+                break;
+            }
+        }
+        Ok((count, oldest))
+    }
+
+    /// [`Spool::outbox_read`] on tokio's blocking pool.
+    pub async fn outbox_read_async(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.outbox_read(after, limit)).await.map_err(join_error)?
+    }
+
+    /// Watch the highest durable outbox sequence (it moves after each round that appended entries).
+    pub fn outbox_subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared().outbox.subscribe()
+    }
+
+    /// Entries, bytes and oldest sequence of the outbox.
+    pub fn outbox_stats(&self) -> OutboxStats {
+        self.shared().outbox.stats()
     }
 
     /// Hand every record to `f`, oldest id first, for rebuilding the queues at start-up (blocking: run it on a
@@ -622,4 +683,19 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Count the outbox's entries and bytes at open, and find its oldest and newest sequence.
+fn survey_outbox(index: &Index) -> Result<OutboxState, SpoolError> {
+    let (mut entries, mut bytes, mut oldest, mut newest) = (0u64, 0u64, None, None);
+    for item in index.aux.scan_prefix(OUTBOX_PREFIX) {
+        let (k, v) = item.map_err(|e| SpoolError::sled("survey outbox", e))?;
+        if let Some(seq) = outbox::seq_of(&k) {
+            entries += 1;
+            bytes += v.len() as u64;
+            oldest = oldest.or(Some(seq));
+            newest = Some(seq);
+        }
+    }
+    Ok(OutboxState::new(entries, bytes, oldest, newest))
 }

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     /// Fault injection: the committer sleeps this long (µs) before each round; 0 = off.
     pub(crate) flush_delay_us: AtomicU64,
+    /// The outbox's sequence, durable mark and size.
+    pub(crate) outbox: crate::outbox::OutboxState,
 }
 
 impl Shared {

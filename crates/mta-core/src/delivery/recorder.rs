@@ -18,7 +18,7 @@ use super::scheduler::{State, Work};
 use super::timers::Timers;
 use super::DeliveryConfig;
 use crate::events::EventLog;
-use crate::events::{now_rfc3339, Event, EventType};
+use crate::events::{event_id, now_rfc3339, Event, EventType};
 use crate::Response;
 
 /// What happened to a recipient.
@@ -185,7 +185,9 @@ impl Recorder {
         let mut expired_any = false;
         // An expiry sweep is not an attempt: attempts count only real tries.
         let is_expiry = matches!(&outcomes, Outcomes::All(o) if o.kind == Kind::Expired);
-        for r in rec.recipients.iter_mut().filter(|r| *r.domain == *domain && !r.state.is_final()) {
+        for (index, r) in
+            rec.recipients.iter_mut().enumerate().filter(|(_, r)| *r.domain == *domain && !r.state.is_final())
+        {
             let found = match &outcomes {
                 Outcomes::All(o) => Some(o.clone()),
                 Outcomes::Each(list) => list.iter().find(|(a, _)| *a == r.address).map(|(_, o)| o.clone()),
@@ -231,6 +233,7 @@ impl Recorder {
             };
             metrics::counter!("mta_delivery_results_total", "result" => event_label(kind)).increment(1);
             events.push(Event {
+                event_id: event_id(id.as_str(), index, &r.address, kind, r.attempts),
                 kind,
                 id: id.to_string(),
                 sender: rec.sender.clone(),
@@ -278,6 +281,8 @@ impl Recorder {
         } else {
             ops.push(Op::Update { record: rec });
         }
+        // The exported events become durable with the states they report: neither exists without the other.
+        ops.extend(self.events.outbox_ops(&events));
         if let Err(e) = self.spool.commit(ops).await {
             tracing::error!(%id, error = %e, "cannot store delivery result; the attempt will be repeated");
             self.timers.reschedule(w, from, self.clock.now_ms() + 60_000);

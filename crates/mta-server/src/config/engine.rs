@@ -2,6 +2,7 @@
 
 use mta_core::delivery::Shaping;
 use mta_core::dns::DnsConfig;
+use mta_core::export::ExportConfig;
 use mta_core::{DeliveryConfig, EngineConfig};
 
 use super::dkim::PreflightMismatch;
@@ -28,6 +29,10 @@ impl From<&Config> for EngineConfig {
             backpressure: Some(config.backpressure.to_core(config.smtp.max_connections)),
             hold_on_preflight_mismatch: config.dkim.on_preflight_mismatch == PreflightMismatch::Hold,
             source_addresses: config.delivery.source_addresses(),
+            export: ExportConfig {
+                webhooks: config.webhook.iter().enumerate().map(|(n, w)| w.to_core(n)).collect(),
+                outbox_max_bytes: config.outbox.max_bytes,
+            },
             ..EngineConfig::new(config.spool.path.clone())
         }
     }

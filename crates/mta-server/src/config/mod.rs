@@ -11,7 +11,7 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `log`, `debug`: the sections.
+//!   `backpressure`, `log`, `debug`, `webhook`, `outbox`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod auth;
@@ -24,10 +24,12 @@ mod engine;
 mod http;
 mod listener;
 mod log;
+mod outbox;
 mod server;
 mod shaping;
 mod smtp;
 mod spool;
+mod webhook;
 
 use std::path::{Path, PathBuf};
 
@@ -41,10 +43,12 @@ pub use self::dns::DnsSection;
 pub use self::http::{HttpSection, DEFAULT_BODY_MEMORY_WAIT, DEFAULT_MAX_BODY_MEMORY};
 pub use self::listener::{ListenerMode, ListenerSection};
 pub use self::log::{LogFormat, LogSection};
+pub use self::outbox::OutboxSection;
 pub use self::server::{machine_hostname, ServerSection, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use self::shaping::{parse_rate, Rate, ShapingSection};
 pub use self::smtp::{SmtpSection, UserSection, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use self::spool::SpoolSection;
+pub use self::webhook::WebhookSection;
 pub use mta_core::auth::{AuthPolicy, Policy};
 pub use mta_core::delivery::Route;
 
@@ -78,6 +82,10 @@ pub struct Config {
     pub log: LogSection,
     /// Test-only switches.
     pub debug: DebugSection,
+    /// Event export endpoints: signed, batched JSON POSTs.
+    pub webhook: Vec<WebhookSection>,
+    /// The bound of the outbox the exporters read.
+    pub outbox: OutboxSection,
 }
 
 /// A value that parses but makes no sense: the dotted key and what is wrong (sections' checks return it).
@@ -164,6 +172,9 @@ impl Config {
         auth::check(&self.auth)?;
         self.dkim.check()?;
         self.backpressure.check()?;
+        for (n, w) in self.webhook.iter().enumerate() {
+            w.check(n)?;
+        }
         Ok(())
     }
 

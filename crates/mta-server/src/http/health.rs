@@ -50,6 +50,37 @@ pub struct HealthDetail<'a> {
     pub accepting: bool,
     /// What a refused client is told to wait, seconds.
     pub retry_after_secs: u64,
+    /// Every event export endpoint's state (never a reason to shed intake: the outbox absorbs an outage).
+    pub export: Vec<ExportHealth>,
+}
+
+/// One export endpoint in `GET /api/v1/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportHealth {
+    /// The endpoint's name (`[[webhook]] name`).
+    pub name: String,
+    /// `ok` (last request succeeded), `retrying` (failing for less than 5 minutes) or `failing`.
+    pub state: ExportState,
+    /// Seconds since every request started failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub failing_for_secs: Option<u64>,
+    /// The last failure, while failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub last_error: Option<String>,
+}
+
+/// An export endpoint's state.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportState {
+    /// The last request succeeded.
+    Ok,
+    /// Failing, for less than 5 minutes.
+    Retrying,
+    /// Every request has failed for 5 minutes or more.
+    Failing,
 }
 
 /// `GET /health/live`.
@@ -103,8 +134,18 @@ pub async fn health(State(state): State<HttpState>) -> Response {
         snapshot: &snapshot,
         accepting: inner.engine.is_accepting() && !inner.draining.load(Ordering::SeqCst),
         retry_after_secs: inner.backpressure.retry_after().as_secs(),
+        export: inner.engine.exporters().status().into_iter().map(export_health).collect(),
     };
     Json(body).into_response()
+}
+
+fn export_health(s: mta_core::export::EndpointStatus) -> ExportHealth {
+    let state = match s.failing_for {
+        None => ExportState::Ok,
+        Some(d) if d >= mta_core::export::FAILING_AFTER => ExportState::Failing,
+        Some(_) => ExportState::Retrying,
+    };
+    ExportHealth { name: s.name, state, failing_for_secs: s.failing_for.map(|d| d.as_secs()), last_error: s.last_error }
 }
 
 /// `GET /metrics`.

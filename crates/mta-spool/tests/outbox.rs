@@ -1,0 +1,75 @@
+//! The outbox: entries committed with a message, read in order up to the durable mark, removed by range,
+//! and kept (with growing sequences) across a reopen.
+
+use bytes::Bytes;
+use mta_spool::{MessageRecord, Op, Spool, SpoolConfig};
+
+fn message(spool: &Spool) -> MessageRecord {
+    MessageRecord::new(spool.next_id(), "a@sender.example", &["b@example.net".to_string()], 1)
+}
+
+#[tokio::test]
+async fn entries_ride_in_the_commit_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_seqs;
+    {
+        let spool = Spool::open(SpoolConfig::new(dir.path(), "t")).unwrap();
+        let mut watch = spool.outbox_subscribe();
+        let rec = message(&spool);
+        let id = rec.id.clone();
+        spool
+            .commit(vec![
+                Op::Put { record: rec, body: Bytes::from_static(b"Subject: x\r\n\r\nhi\r\n") },
+                Op::OutboxAppend { value: b"one".to_vec() },
+                Op::OutboxAppend { value: b"two".to_vec() },
+            ])
+            .await
+            .unwrap();
+        assert!(watch.has_changed().unwrap(), "the durable mark moved");
+        let _ = watch.borrow_and_update();
+        let read = spool.outbox_read(0, 10).unwrap();
+        assert_eq!(read.iter().map(|(_, v)| v.as_slice()).collect::<Vec<_>>(), [b"one".as_slice(), b"two"]);
+        assert!(read[0].0 < read[1].0);
+        first_seqs = read.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        // Reading after the first entry gives only the second; a limit is honoured.
+        assert_eq!(spool.outbox_read(first_seqs[0], 10).unwrap().len(), 1);
+        assert_eq!(spool.outbox_read(0, 1).unwrap().len(), 1);
+        let stats = spool.outbox_stats();
+        assert_eq!((stats.entries, stats.bytes, stats.oldest), (2, 6, Some(first_seqs[0])));
+        assert!(spool.get(&id).await.unwrap().is_some());
+        spool.close().await;
+    }
+    let spool = Spool::open(SpoolConfig::new(dir.path(), "t")).unwrap();
+    let stats = spool.outbox_stats();
+    assert_eq!((stats.entries, stats.bytes, stats.oldest), (2, 6, Some(first_seqs[0])));
+    assert_eq!(spool.outbox_read(0, 10).unwrap().len(), 2, "readable again after the reopen");
+    spool.commit(vec![Op::OutboxAppend { value: b"three".to_vec() }]).await.unwrap();
+    let all = spool.outbox_read(0, 10).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all[2].0 > first_seqs[1], "sequences keep growing across a reopen");
+
+    spool.commit(vec![Op::OutboxRemoveThrough { seq: first_seqs[1] }]).await.unwrap();
+    let left = spool.outbox_read(0, 10).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1, b"three");
+    let stats = spool.outbox_stats();
+    assert_eq!((stats.entries, stats.bytes, stats.oldest), (1, 5, Some(left[0].0)));
+    spool.commit(vec![Op::OutboxRemoveThrough { seq: u64::MAX }]).await.unwrap();
+    assert_eq!(spool.outbox_stats(), mta_spool::OutboxStats::default());
+    // Other aux keys are never touched by outbox removals.
+    spool.commit(vec![Op::AuxPut { key: b"idem/k".to_vec(), value: b"v".to_vec() }]).await.unwrap();
+    spool.commit(vec![Op::OutboxRemoveThrough { seq: u64::MAX }]).await.unwrap();
+    assert_eq!(spool.aux_get(b"idem/k").await.unwrap(), Some(b"v".to_vec()));
+}
+
+#[tokio::test]
+async fn a_failed_request_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolConfig::new(dir.path(), "t")).unwrap();
+    // An update of a message that does not exist fails its check: its outbox entry must not appear.
+    let rec = message(&spool);
+    let err = spool.commit(vec![Op::Update { record: rec }, Op::OutboxAppend { value: b"x".to_vec() }]).await;
+    assert!(err.is_err());
+    assert!(spool.outbox_read(0, 10).unwrap().is_empty());
+    assert_eq!(spool.outbox_stats().entries, 0);
+}

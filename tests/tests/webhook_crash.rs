@@ -1,0 +1,264 @@
+//! Event export across crashes: 500 messages with delivered, bounced and deferred recipients, a webhook receiver
+//! that fails 30% of requests (some by hanging past the timeout), and the server `kill -9`ed twice. Every event
+//! of every acknowledged message arrives (by `event_id`), duplicates are counted, no signature is bad.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mta_core::dns::testing::{TestDnsServer, TestZone};
+use mta_tests::sink::{SinkConfig, SinkHandle};
+use mta_tests::{queued_id, RawSmtp, TestServer};
+
+const SECRET: &str = "test-secret";
+const MESSAGES: usize = 500;
+
+/// The Python receiver (tests/webhook/receiver.py), killed on drop.
+struct Receiver {
+    child: Child,
+    port: u16,
+    events: PathBuf,
+    bad: PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path) -> Receiver {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("webhook/receiver.py");
+        let (events, bad) = (dir.join("received.jsonl"), dir.join("bad_signatures"));
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([SECRET, &events.display().to_string(), &bad.display().to_string(), "0.30", "0.05", "2.5"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the webhook receiver");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().expect("receiver prints its port");
+        Receiver { child, port, events, bad }
+    }
+
+    /// Every event the receiver confirmed (one per line, duplicates included).
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn bad_signatures(&self) -> usize {
+        std::fs::read_to_string(&self.bad).unwrap_or_default().lines().count()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One acknowledged message: its queue id and recipients.
+type Acked = (String, Vec<String>);
+
+/// Recipients of message `i`: always one delivered; every 5th also one bounced, every 7th one deferred.
+fn recipients(i: usize) -> Vec<String> {
+    let mut r = vec![format!("ok{i}@d{}.test", i % 3)];
+    if i.is_multiple_of(5) {
+        r.push(format!("bad{i}@d{}.test", (i + 1) % 3));
+    }
+    if i.is_multiple_of(7) {
+        r.push(format!("later{i}@d{}.test", (i + 2) % 3));
+    }
+    r
+}
+
+/// Inject messages `from..to` over one SMTP session until the server stops answering; returns how far it got.
+fn inject(smtp: SocketAddr, from: usize, to: usize, acked: &Mutex<Vec<Acked>>) -> usize {
+    let (mut c, greeting) = RawSmtp::connect(smtp);
+    if !greeting.starts_with("220") {
+        return from;
+    }
+    c.send(b"EHLO load.test\r\n");
+    if !c.reply().starts_with("250") {
+        return from;
+    }
+    for i in from..to {
+        let rcpts = recipients(i);
+        // The null sender: bounces make no DSN, so every event is about a message the test injected.
+        let mut cmds = String::from("MAIL FROM:<>\r\n");
+        for r in &rcpts {
+            cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        cmds.push_str("DATA\r\n");
+        c.send(cmds.as_bytes());
+        for _ in 0..rcpts.len() + 2 {
+            if c.reply().is_empty() {
+                return i;
+            }
+        }
+        c.send(format!("Subject: export {i}\r\n\r\nbody {i}\r\n.\r\n").as_bytes());
+        let reply = c.reply();
+        let Some(id) = queued_id(&reply).filter(|_| reply.starts_with("250")) else { return i };
+        acked.lock().unwrap().push((id, rcpts));
+        // Spread injection out so the kills land while messages arrive, deliver and export at once.
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    to
+}
+
+/// Inject from `from` in the background; kill the server once `kill_at` messages are acknowledged (delivery and
+/// export are running by then). Returns where injection stopped.
+async fn inject_and_kill(
+    server: &mut TestServer,
+    from: usize,
+    kill_at: usize,
+    acked: &Arc<Mutex<Vec<Acked>>>,
+) -> usize {
+    let smtp = server.smtp;
+    let shared = acked.clone();
+    let injector = std::thread::spawn(move || inject(smtp, from, MESSAGES, &shared));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < kill_at && !injector.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.kill9();
+    let stopped = tokio::task::block_in_place(|| injector.join().unwrap());
+    assert!(stopped < MESSAGES, "the kill must come in the middle of injection");
+    stopped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_gets_every_event_across_two_kill9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let receiver = Receiver::start(&dir);
+
+    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let mut zone = TestZone::new("test");
+    for i in 0..3 {
+        zone = zone.mail_domain(
+            &format!("d{i}.test"),
+            &[(10, &format!("mx.d{i}.test"), "127.0.0.2".parse::<IpAddr>().unwrap())],
+        );
+    }
+    let dns = TestDnsServer::start(vec![zone]).await.unwrap();
+    let sink = SinkHandle::start(
+        SocketAddr::new("127.0.0.2".parse().unwrap(), port),
+        SinkConfig { response_delay: Duration::from_millis(2), ..Default::default() },
+    )
+    .await;
+    sink.set_rcpt_rule(|r| {
+        if r.starts_with("bad") {
+            Some("550 5.1.1 no such user".to_string())
+        } else if r.starts_with("later") {
+            Some("451 4.3.0 try again later".to_string())
+        } else {
+            None
+        }
+    });
+    let extra = format!(
+        "[dns]\nnameservers = [\"{dns}\"]\n\
+         [delivery]\nport = {port}\nretry_intervals = [\"3s\"]\nsmtp_timeout = \"5s\"\nconnections_per_domain = 4\n\
+         [[webhook]]\nname = \"app\"\nurl = \"http://127.0.0.1:{hook}/events\"\nsecret = \"{SECRET}\"\n\
+         batch_size = 50\nbatch_delay = \"100ms\"\ntimeout = \"1s\"\nconcurrency = 4\n",
+        dns = dns.addr(),
+        hook = receiver.port,
+    );
+    let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
+    let mut server = tokio::task::block_in_place(|| TestServer::start_in(&dir, &extra, None, None));
+    let (smtp_port, http_port) = (server.smtp.port(), server.http.port());
+    let restart =
+        || tokio::task::block_in_place(|| TestServer::start_in(&dir, &extra, Some(smtp_port), Some(http_port)));
+
+    // Two crashes in the middle of injection, delivery and export.
+    let first_kill = inject_and_kill(&mut server, 0, 150, &acked).await;
+    let delivered_at_first_kill = sink.messages().len();
+    let mut server = restart();
+    let next = inject_and_kill(&mut server, first_kill, 330, &acked).await;
+    assert!(delivered_at_first_kill > 0, "delivery was running at the first kill");
+    let mut server = restart();
+    let end = tokio::task::block_in_place(|| inject(server.smtp, next, MESSAGES, &acked));
+    assert_eq!(end, MESSAGES, "the last injection runs to the end");
+    let acked: Vec<Acked> = acked.lock().unwrap().clone();
+
+    // What must arrive: per acknowledged recipient a reception, then delivered / bounced / deferred at least once.
+    let mut expected: Vec<(String, String, &str)> = Vec::new();
+    for (id, rcpts) in &acked {
+        for r in rcpts {
+            expected.push((id.clone(), r.clone(), "reception"));
+            let outcome = if r.starts_with("bad") {
+                "bounce"
+            } else if r.starts_with("later") {
+                "transient_failure"
+            } else {
+                "delivery"
+            };
+            expected.push((id.clone(), r.clone(), outcome));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let missing = loop {
+        let got: HashSet<(String, String, String)> = receiver
+            .events()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (s("id"), s("recipient"), s("type"))
+            })
+            .collect();
+        let missing: Vec<&(String, String, &str)> =
+            expected.iter().filter(|(id, r, t)| !got.contains(&(id.clone(), r.clone(), t.to_string()))).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing.len();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(missing, 0, "events of acknowledged messages never arrived: {}\n{}", missing, server.stderr());
+
+    // Every event the server logged (it logs only what is durable) arrives too, by event_id.
+    let logged: Vec<String> =
+        server.events().iter().filter_map(|e| e["event_id"].as_str().map(str::to_string)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (received, not_exported) = loop {
+        let received = receiver.events();
+        let ids: HashSet<&str> = received.iter().filter_map(|e| e["event_id"].as_str()).collect();
+        let not_exported = logged.iter().filter(|id| !ids.contains(id.as_str())).count();
+        if not_exported == 0 || Instant::now() > deadline {
+            break (received.len(), not_exported);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(not_exported, 0, "logged events never exported");
+
+    // Every recipient the receiving SMTP server accepted was reported delivered.
+    let events = receiver.events();
+    let delivered: HashSet<&str> =
+        events.iter().filter(|e| e["type"] == "delivery").filter_map(|e| e["recipient"].as_str()).collect();
+    let at_sink: HashSet<String> = sink.messages().into_iter().flat_map(|m| m.recipients).collect();
+    let unreported: Vec<&String> = at_sink.iter().filter(|r| !delivered.contains(r.as_str())).collect();
+    assert!(unreported.is_empty(), "delivered but never reported: {unreported:?}");
+
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for e in &events {
+        *per_id.entry(e["event_id"].as_str().unwrap_or_default()).or_default() += 1;
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    let bad = receiver.bad_signatures();
+    eprintln!(
+        "kills after {first_kill} and {next} messages; acknowledged messages {} of {MESSAGES}; expected events {}; received {} ({} distinct, {duplicates} \
+         duplicates); bad signatures {bad}",
+        acked.len(),
+        expected.len(),
+        received,
+        per_id.len()
+    );
+    assert_eq!(bad, 0, "bad signatures");
+    server.sigterm();
+    tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
+}
