@@ -52,7 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Err(UsageError("check-config needs --config PATH (or MTA_CONFIG)".into()).into());
             };
             let config = load_config(Some(&path))?;
-            print!("{}", config.to_toml());
+            print!("{}", config.to_toml_redacted());
             Ok(())
         }
         Command::Spool { command } => {

@@ -183,11 +183,25 @@ impl Config {
         self.dkim.keys()
     }
 
-    /// The effective config as TOML (for `check-config`).
+    /// The effective config as TOML, exactly (it loads back equal).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+
+    /// The effective config as TOML for `check-config`: shared secrets (the webhooks' HMAC keys) replaced by
+    /// [`REDACTED`], since its output ends up in terminals, tickets and logs. API keys and passwords are
+    /// stored as hashes and print as they are.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut shown = self.clone();
+        for hook in &mut shown.webhook {
+            hook.secret = REDACTED.to_string();
+        }
+        shown.to_toml()
+    }
 }
+
+/// What `check-config` prints in place of a secret.
+pub const REDACTED: &str = "(redacted)";
 
 #[cfg(test)]
 mod tests {

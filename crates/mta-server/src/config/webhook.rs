@@ -139,4 +139,17 @@ mod tests {
                 .to_string();
         assert!(e.contains("opened") && e.contains("bounce"), "{e}");
     }
+
+    #[test]
+    fn check_config_does_not_print_the_secret() {
+        let c = Config::parse(
+            "[[webhook]]\nurl = \"https://app.example/hook\"\nsecret = \"hunter2-signing-key\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        let shown = c.to_toml_redacted();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(crate::config::REDACTED), "{shown}");
+        assert!(c.to_toml().contains("hunter2-signing-key"), "the exact form still round-trips");
+    }
 }
