@@ -110,11 +110,10 @@ async fn inject(
         return Err(ApiError::unavailable("shutting_down", "the node is stopping; retry elsewhere", 5));
     }
     // Back-pressure: shedding refuses every new injection, degraded caps those in flight (this one counted).
-    let in_flight = state.inner.injecting.load(std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = state.inner.backpressure.check_http_injection(in_flight) {
-        metrics::counter!("mta_http_backpressure_refusals_total").increment(1);
-        let retry_after = e.retry_after().as_secs().max(1);
-        return Err(ApiError::unavailable("overloaded", mta_core::InjectError::from(e).to_string(), retry_after));
+    // A request with an Idempotency-Key is checked after its key is looked up: replaying a stored answer is
+    // not new work, and a client retrying after a timeout must get its message's id even while we shed.
+    if !headers.contains_key("idempotency-key") {
+        check_backpressure(state)?;
     }
     check_content_type(headers)?;
     let idem_key = match headers.get("idempotency-key") {
@@ -176,6 +175,7 @@ async fn inject(
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
         return Ok(response);
     }
+    check_backpressure(state)?;
     let count = request.recipients.len();
     let accepted = engine
         .inject_with(injection(request, caller, state.inner.tls.is_some()), |id| {
@@ -242,4 +242,15 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             "Content-Type must be application/json",
         ))
     }
+}
+
+/// Shedding refuses every new injection; degraded caps those in flight (this one counted).
+fn check_backpressure(state: &HttpState) -> Result<(), ApiError> {
+    let in_flight = state.inner.injecting.load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = state.inner.backpressure.check_http_injection(in_flight) {
+        metrics::counter!("mta_http_backpressure_refusals_total").increment(1);
+        let retry_after = e.retry_after().as_secs().max(1);
+        return Err(ApiError::unavailable("overloaded", mta_core::InjectError::from(e).to_string(), retry_after));
+    }
+    Ok(())
 }
