@@ -536,6 +536,7 @@ impl Engine {
                 tenant: record.tenant.clone(),
                 source: Some(protocol.to_string()),
                 attempts: None,
+                bounce_class: None,
             })
             .collect();
         self.inner.events.emit(events).await;

@@ -11,11 +11,12 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `log`, `debug`: the sections.
+//!   `backpressure`, `bounce`, `log`, `debug`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod auth;
 mod backpressure;
+mod bounce;
 mod debug;
 mod delivery;
 mod dkim;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use self::backpressure::BackpressureSection;
+pub use self::bounce::BounceSection;
 pub use self::debug::DebugSection;
 pub use self::delivery::{DeliverySection, PoolSection};
 pub use self::dkim::{DkimKey, DkimSection, PreflightMismatch};
@@ -74,6 +76,8 @@ pub struct Config {
     pub dkim: DkimSection,
     /// Load-shedding thresholds.
     pub backpressure: BackpressureSection,
+    /// Bounce classification rules of our own.
+    pub bounce: BounceSection,
     /// Logs and the delivery event log.
     pub log: LogSection,
     /// Test-only switches.
@@ -164,6 +168,7 @@ impl Config {
         auth::check(&self.auth)?;
         self.dkim.check()?;
         self.backpressure.check()?;
+        self.bounce.check()?;
         Ok(())
     }
 
