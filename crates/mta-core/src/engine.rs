@@ -546,6 +546,7 @@ impl Engine {
                 tenant: tenant.clone(),
                 source: Some(protocol.to_string()),
                 attempts: None,
+                bounce_class: None,
             })
             .collect();
         // A reception event is exported only if the message is durable, and always if it is: same commit.

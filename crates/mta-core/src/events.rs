@@ -143,6 +143,9 @@ pub struct Event {
     /// Attempts made so far for this recipient.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// The bounce class of the response (`bounce`, `transient_failure` and `expiration` events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_class: Option<crate::bounce::BounceClass>,
 }
 
 /// Current UTC time in RFC 3339 with milliseconds.

@@ -37,7 +37,7 @@ impl DsnInput {
         while let Some(address) = fields.next().map(text) {
             let response = response_of(&fields.next().map(text).unwrap_or_default());
             let remote_mta = fields.next().map(text).filter(|m| !m.is_empty());
-            failed.push(FailedRecipient { address, response, remote_mta });
+            failed.push(FailedRecipient { address, response, remote_mta, bounce_class: None });
         }
         DsnInput { sender, failed, original, expired: flags & 1 == 1, received_at_ms: u64::from_le_bytes(ms) }
     }

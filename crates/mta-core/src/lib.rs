@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`backpressure`]: the health monitor and the `healthy → degraded → shedding` state intake paths read.
+//! - [`bounce`]: bounce classification (SparkPost classes) from replies.
 //! - [`delivery`]: the scheduler, site ready queues, outbound connections, retries and DSNs.
 //! - [`dns`]: the bounded, cached, coalescing resolver pool.
 //! - [`engine`]: [`Engine`] — open the spool, inject messages durably, emit events, shut down.
@@ -55,6 +56,7 @@
 
 pub mod auth;
 pub mod backpressure;
+pub mod bounce;
 pub mod delivery;
 pub mod dns;
 pub mod engine;

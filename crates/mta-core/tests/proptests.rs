@@ -41,7 +41,12 @@ fn original() -> impl Strategy<Value = Vec<u8>> {
 
 fn input() -> impl Strategy<Value = DsnInput> {
     let failed = (".{0,40}", reply(), proptest::option::of("[a-z0-9.-]{0,30}|.{0,10}")).prop_map(
-        |(address, reply, remote_mta)| FailedRecipient { address, response: response_of(&reply), remote_mta },
+        |(address, reply, remote_mta)| FailedRecipient {
+            address,
+            response: response_of(&reply),
+            remote_mta,
+            bounce_class: None,
+        },
     );
     (".{0,40}", prop::collection::vec(failed, 0..5), original(), any::<bool>(), any::<u64>()).prop_map(
         |(sender, failed, original, expired, received_at_ms)| DsnInput {

@@ -18,6 +18,8 @@ pub struct FailedRecipient {
     pub response: Response,
     /// The remote MTA that answered, if any.
     pub remote_mta: Option<String>,
+    /// Its bounce class, written as the `X-Bounce-Class:` extension field (RFC 3464 §2.4).
+    pub bounce_class: Option<crate::bounce::BounceClass>,
 }
 
 /// Most octets of the original message searched for its headers (huge or headerless input).
@@ -135,6 +137,9 @@ pub fn build_dsn(
         } else {
             let _ = write!(m, "Diagnostic-Code: x-local; {}\r\n", clean(&f.response.to_string(), MAX_REPLY));
         }
+        if let Some(c) = f.bounce_class {
+            let _ = write!(m, "X-Bounce-Class: {}\r\n", c.code());
+        }
     }
     m.push_str("\r\n");
 
@@ -172,11 +177,13 @@ mod tests {
                 address: "x@d.test".into(),
                 response: resp("550 5.1.1 no such user"),
                 remote_mta: Some("mx.d.test".into()),
+                bounce_class: Some(crate::bounce::BounceClass::InvalidRecipient),
             },
             FailedRecipient {
                 address: "y@d.test".into(),
                 response: resp("552 mailbox full"),
                 remote_mta: Some("mx.d.test".into()),
+                bounce_class: None,
             },
         ];
         let dsn =
@@ -184,6 +191,7 @@ mod tests {
                 .unwrap();
         assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status"));
         assert!(dsn.contains("Final-Recipient: rfc822; x@d.test\r\nAction: failed\r\nStatus: 5.1.1"));
+        assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\nX-Bounce-Class: 10\r\n"));
         assert!(dsn.contains("Final-Recipient: rfc822; y@d.test\r\nAction: failed\r\nStatus: 5.0.0"));
         assert!(dsn.contains("Subject: hello"));
         assert!(!dsn.contains("secret body"));
@@ -192,7 +200,12 @@ mod tests {
     }
 
     fn dsn_of(reply: &str, original: &[u8]) -> String {
-        let failed = [FailedRecipient { address: "x@d.test".into(), response: resp(reply), remote_mta: None }];
+        let failed = [FailedRecipient {
+            address: "x@d.test".into(),
+            response: resp(reply),
+            remote_mta: None,
+            bounce_class: None,
+        }];
         String::from_utf8_lossy(&build_dsn("mx.test", "ID1", "a@s.test", "Mon, 1 Jan 2024", &failed, original, false))
             .into_owned()
     }

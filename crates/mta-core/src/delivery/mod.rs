@@ -141,6 +141,8 @@ pub struct DeliveryConfig {
     pub chunking: bool,
     /// How long an idle outbound connection waits for more work before QUIT.
     pub idle_timeout: Duration,
+    /// Classifies failure responses for events, DSNs and automatic suppression (`bounce.rules_file` first).
+    pub classifier: std::sync::Arc<crate::bounce::Classifier>,
 }
 
 impl Default for DeliveryConfig {
@@ -166,6 +168,7 @@ impl Default for DeliveryConfig {
             smtp_timeout: None,
             chunking: true,
             idle_timeout: Duration::from_secs(2),
+            classifier: crate::bounce::Classifier::shipped(),
         }
     }
 }

@@ -201,6 +201,7 @@ impl Recorder {
                 attempted = true;
             }
             r.last_reply = Some(o.response.to_string());
+            let class = (o.kind != Kind::Delivered).then(|| self.cfg.classifier.classify(&o.response));
             let kind = match o.kind {
                 Kind::Delivered => {
                     r.state = RecipientState::Delivered;
@@ -217,6 +218,7 @@ impl Recorder {
                         address: r.address.clone(),
                         response: o.response.clone(),
                         remote_mta: mx.clone(),
+                        bounce_class: class,
                     });
                     EventType::Bounce
                 }
@@ -227,6 +229,7 @@ impl Recorder {
                         address: r.address.clone(),
                         response: o.response.clone(),
                         remote_mta: None,
+                        bounce_class: class,
                     });
                     EventType::Expiration
                 }
@@ -245,6 +248,7 @@ impl Recorder {
                 tenant: rec.tenant.clone(),
                 source: None,
                 attempts: Some(r.attempts),
+                bounce_class: class,
             });
         }
         let mut next_due = None;

@@ -13,6 +13,11 @@ impl From<&Config> for EngineConfig {
         let mut delivery = DeliveryConfig::from(&config.delivery);
         delivery.shaping = config.shaping.iter().map(Shaping::from).collect();
         delivery.routes = config.route.clone();
+        // Checked by `Config::validate`; a file changed since then falls back to the shipped rules.
+        delivery.classifier = config.bounce.classifier().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "bounce.rules_file unusable; classifying with the shipped rules");
+            mta_core::bounce::Classifier::shipped()
+        });
         EngineConfig {
             hostname: config.server.hostname.clone(),
             node_id: config.server.node_id.clone(),

@@ -11,11 +11,12 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `log`, `debug`, `webhook`, `outbox`: the sections.
+//!   `backpressure`, `bounce`, `log`, `debug`, `webhook`, `outbox`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod auth;
 mod backpressure;
+mod bounce;
 mod debug;
 mod delivery;
 mod dkim;
@@ -36,6 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use self::backpressure::BackpressureSection;
+pub use self::bounce::BounceSection;
 pub use self::debug::DebugSection;
 pub use self::delivery::{DeliverySection, PoolSection};
 pub use self::dkim::{DkimKey, DkimSection, PreflightMismatch};
@@ -78,6 +80,8 @@ pub struct Config {
     pub dkim: DkimSection,
     /// Load-shedding thresholds.
     pub backpressure: BackpressureSection,
+    /// Bounce classification rules of our own.
+    pub bounce: BounceSection,
     /// Logs and the delivery event log.
     pub log: LogSection,
     /// Test-only switches.
@@ -172,6 +176,7 @@ impl Config {
         auth::check(&self.auth)?;
         self.dkim.check()?;
         self.backpressure.check()?;
+        self.bounce.check()?;
         for (n, w) in self.webhook.iter().enumerate() {
             w.check(n)?;
         }

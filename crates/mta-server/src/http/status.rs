@@ -5,6 +5,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use mta_core::bounce::Classifier;
 use mta_core::{MessageRecord, Priority, QueueId, RecipientState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -45,6 +46,11 @@ pub struct RecipientStatus {
     pub attempts: u32,
     /// The last SMTP reply (or local error) of an attempt.
     pub last_reply: Option<String>,
+    /// Bounce class of that reply (SparkPost's codes: 10 invalid recipient, 22 mailbox full, 51 spam block, ...)
+    /// for a deferred or bounced recipient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub bounce_class: Option<u8>,
     /// When the next attempt is due (RFC 3339 UTC); `null` when final or not scheduled.
     #[schema(format = DateTime)]
     pub next_attempt_at: Option<String>,
@@ -120,7 +126,7 @@ async fn lookup(state: &HttpState, id: &str) -> Result<MessageStatus, ApiError> 
         tracing::error!(error = %e, %id, "status lookup failed");
         ApiError::unavailable("spool_unavailable", "the spool could not be read; retry later", 5)
     })?;
-    record.map(|r| status_of(&r)).ok_or_else(not_found)
+    record.map(|r| status_of(&r, &state.inner.engine.config().delivery.classifier)).ok_or_else(not_found)
 }
 
 /// RFC 3339 UTC of milliseconds since the epoch.
@@ -131,8 +137,8 @@ fn rfc3339_ms(ms: u64) -> Option<String> {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
 }
 
-/// The status of a record.
-pub fn status_of(r: &MessageRecord) -> MessageStatus {
+/// The status of a record; `classifier` names the class of each failed or deferred recipient's last reply.
+pub fn status_of(r: &MessageRecord, classifier: &Classifier) -> MessageStatus {
     let recipients = r
         .recipients
         .iter()
@@ -147,6 +153,10 @@ pub fn status_of(r: &MessageRecord) -> MessageStatus {
                 state: rc.state.into(),
                 attempts: rc.attempts,
                 last_reply: rc.last_reply.clone(),
+                bounce_class: matches!(rc.state, RecipientState::Deferred | RecipientState::Bounced)
+                    .then(|| rc.last_reply.as_deref().and_then(|l| classifier.classify_line(l)))
+                    .flatten()
+                    .map(|c| c.code()),
                 next_attempt_at: next,
             }
         })
