@@ -8,6 +8,7 @@
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
 //! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
+//! - [`tls_policy`]: outbound TLS policies (MTA-STS): lookup, HTTPS fetch, cache in the spool.
 //! - [`events`]: the delivery event log (JSON lines) and in-process subscriptions.
 //! - [`error`]: typed errors, classified for the caller.
 //! - `fuzzing`: the `dsn` fuzz target's logic, shared with the property tests (not a stable API).
@@ -65,6 +66,7 @@ pub mod incoming;
 pub mod metrics_catalog;
 pub mod reception;
 pub mod response;
+pub mod tls_policy;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};

@@ -81,6 +81,8 @@ impl Response {
             ClientError::TooLarge { .. } => (552, (5, 3, 4)),
             ClientError::SmtpUtf8NotSupported => (553, (5, 6, 7)),
             ClientError::InvalidAddress(_) => (553, (5, 1, 7)),
+            // RFC 3463 X.7.5 "cryptographic failure": transient, a policy failure never bounces on its own.
+            ClientError::Certificate { .. } => (451, (4, 7, 5)),
             ClientError::Timeout { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => (451, (4, 4, 2)),
             _ => (451, (4, 4, 1)),
         };
@@ -113,6 +115,7 @@ fn error_stage(e: &ClientError) -> Option<Stage> {
         ClientError::GreetingRejected(_) => Some(Stage::Greeting),
         ClientError::HeloRejected(_) => Some(Stage::Ehlo),
         ClientError::Tls(_) | ClientError::TlsRequired => Some(Stage::StartTls),
+        ClientError::Certificate { .. } => Some(Stage::TlsHandshake),
         ClientError::MessageRejected(_)
         | ClientError::TooLarge { .. }
         | ClientError::SmtpUtf8NotSupported
