@@ -34,7 +34,9 @@ impl CachedPolicy {
 /// The cache.
 pub(crate) struct PolicyCache {
     spool: Spool,
-    memory: Mutex<HashMap<String, CachedPolicy>>,
+    /// `None`: the spool has nothing for the domain (most destinations publish no policy; this spares every
+    /// delivery to them a spool read).
+    memory: Mutex<HashMap<String, Option<CachedPolicy>>>,
 }
 
 impl PolicyCache {
@@ -45,19 +47,19 @@ impl PolicyCache {
     /// The policy stored for `domain` (memory, else the spool), expired or not.
     pub(crate) async fn get(&self, domain: &str) -> Option<CachedPolicy> {
         if let Some(c) = self.memory.lock().get(domain) {
-            return Some(c.clone());
+            return c.clone();
         }
         let raw = match self.spool.aux_get(key(domain).as_bytes()).await {
-            Ok(raw) => raw?,
+            Ok(raw) => raw,
             Err(e) => {
                 tracing::warn!(domain, error = %e, "reading a cached MTA-STS policy failed");
                 return None;
             }
         };
         // A record we cannot read (older format, damage) is as good as none: the next fetch replaces it.
-        let cached: CachedPolicy = serde_json::from_slice(&raw).ok()?;
+        let cached: Option<CachedPolicy> = raw.and_then(|raw| serde_json::from_slice(&raw).ok());
         self.remember(domain, cached.clone(), 0);
-        Some(cached)
+        cached
     }
 
     /// Stores `cached` for `domain` durably (the spool's group commit) and in memory.
@@ -70,13 +72,13 @@ impl PolicyCache {
             }
             Err(e) => tracing::warn!(domain, error = %e, "encoding an MTA-STS policy failed"),
         }
-        self.remember(domain, cached, now);
+        self.remember(domain, Some(cached), now);
     }
 
-    fn remember(&self, domain: &str, cached: CachedPolicy, now: u64) {
+    fn remember(&self, domain: &str, cached: Option<CachedPolicy>, now: u64) {
         let mut memory = self.memory.lock();
         if memory.len() >= MAX_ENTRIES && !memory.contains_key(domain) {
-            memory.retain(|_, c| c.expires() > now);
+            memory.retain(|_, c| c.as_ref().is_some_and(|c| c.expires() > now));
             if memory.len() >= MAX_ENTRIES {
                 return;
             }

@@ -20,6 +20,8 @@ mod fetch;
 mod policy;
 mod record;
 mod roots;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
