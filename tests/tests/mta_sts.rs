@@ -343,3 +343,80 @@ async fn the_policy_cache_survives_a_restart() {
     server.sigterm();
     let _ = server.wait_exit(Duration::from_secs(10));
 }
+
+/// A man in the middle: forwards TCP from `listen` to `target`, overwriting `STARTTLS` in the server's replies
+/// (as seen in real downgrade attacks) so the client believes it is not offered.
+async fn stripping_proxy(listen: SocketAddr, target: SocketAddr) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                let (client_r, mut client_w) = client.into_split();
+                let (server_r, mut server_w) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let mut client_r = client_r;
+                    let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
+                });
+                let mut lines = BufReader::new(server_r);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match lines.read_until(b'\n', &mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if let Some(at) = line.windows(8).position(|w| w.eq_ignore_ascii_case(b"STARTTLS")) {
+                        line[at..at + 8].copy_from_slice(b"XXXXXXXA");
+                    }
+                    if client_w.write_all(&line).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enforce_defers_when_a_man_in_the_middle_strips_starttls() {
+    let (port, policy_port) = (free_port(), free_port());
+    let ca = TestCa::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_root(tmp.path());
+    // Both domains' MX is the proxy (127.0.0.5) in front of a receiver with a valid certificate (127.0.0.6).
+    let zone = sts_domain(TestZone::new("test"), "dest.test", &[(10, "mx.dest.test", ip("127.0.0.5"))], "1").mx(
+        "plain.test",
+        10,
+        "mx.dest.test",
+    );
+    let receiver = sink("127.0.0.6", port, tls_sink(&ca, &["mx.dest.test"])).await;
+    let proxy = stripping_proxy(SocketAddr::new(ip("127.0.0.5"), port), SocketAddr::new(ip("127.0.0.6"), port)).await;
+    let host = PolicyHost::start(SocketAddr::new(ip("127.0.0.9"), policy_port), &ca, &["mta-sts.dest.test"]).await;
+    host.set("mta-sts.dest.test", &policy("enforce", &["mx.dest.test"]));
+    let dns = TestDnsServer::start(vec![zone]).await.unwrap();
+    let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
+
+    // Control: without a policy the stripped session goes through in plaintext (what the attack achieves).
+    send(&server, "a@plain.test");
+    assert!(receiver.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
+    assert!(!receiver.messages()[0].tls, "the proxy does strip STARTTLS");
+
+    send(&server, "b@dest.test");
+    let events =
+        wait_events(&server, Duration::from_secs(20), |e| count(e, "transient_failure", "b@dest.test") >= 2).await;
+    assert!(count(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
+    assert_eq!(count(&events, "delivery", "b@dest.test") + count(&events, "bounce", "b@dest.test"), 0);
+    assert_eq!(receiver.messages().len(), 1, "nothing more sent through the stripping proxy");
+    let mails = receiver.commands().iter().filter(|c| c.to_ascii_uppercase().starts_with("MAIL")).count();
+    assert_eq!(mails, 1, "only the control message's MAIL FROM");
+
+    // The attacker leaves: delivered, verified.
+    proxy.abort();
+    drop(receiver);
+    let direct = sink("127.0.0.5", port, tls_sink(&ca, &["mx.dest.test"])).await;
+    assert!(direct.wait_for_messages(1, Duration::from_secs(20)).await, "{}", server.stderr());
+    assert!(direct.messages()[0].tls);
+}
