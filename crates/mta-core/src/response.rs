@@ -30,6 +30,8 @@ pub struct Response {
     pub stage: Option<Stage>,
     /// Who decided it.
     pub origin: Origin,
+    /// When a TLS policy made the attempt fail: the RFC 8460 result type (for TLS reporting and metrics).
+    pub tls_failure: Option<crate::tls_policy::TlsResultType>,
 }
 
 /// Longest text kept from a reply: a hostile server may send 128 lines of 4 KiB.
@@ -55,6 +57,7 @@ impl Response {
             text: one_line(&reply.text),
             stage: Some(stage),
             origin: Origin::Remote,
+            tls_failure: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl Response {
             text: one_line(&text.into()),
             stage: None,
             origin: Origin::Local,
+            tls_failure: None,
         }
     }
 
@@ -86,7 +90,8 @@ impl Response {
             ClientError::Timeout { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => (451, (4, 4, 2)),
             _ => (451, (4, 4, 1)),
         };
-        Response { stage, ..Response::local(code, enhanced, e.to_string()) }
+        let tls_failure = crate::tls_policy::TlsResultType::from_client_error(e);
+        Response { stage, tls_failure, ..Response::local(code, enhanced, e.to_string()) }
     }
 
     /// 2xx.

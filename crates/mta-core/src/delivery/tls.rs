@@ -86,7 +86,9 @@ pub(crate) async fn apply(ctx: &Context, domain: &str, mut hops: NextHops) -> Re
                     cached.id,
                     policy.mx.join(" ")
                 );
-                return Err(Outcome::transient(Response::local(451, (4, 4, 4), text)));
+                let response = Response::local(451, (4, 4, 4), text);
+                let tls_failure = Some(tls_policy::TlsResultType::ValidationFailure);
+                return Err(Outcome::transient(Response { tls_failure, ..response }));
             }
             count("enforce", "matched");
             // A separate site: its connections must never carry (or be) opportunistic ones.

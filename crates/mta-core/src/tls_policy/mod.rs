@@ -5,6 +5,7 @@
 //! - `policy`: the policy file (§3.2) and MX pattern matching (§4.1).
 //! - `fetch`: the HTTPS fetch (§3.3): verified, size- and time-limited, no redirects.
 //! - `roots`: trust anchors (system roots plus `delivery.tls_ca_file`).
+//! - `result`: RFC 8460 result types of failed sessions ([`TlsResultType`]), carried on delivery responses.
 //! - `cache`: policies by domain, in memory and in the spool's aux tree (they survive restarts).
 //!
 //! # Threat model
@@ -19,6 +20,7 @@ mod cache;
 mod fetch;
 mod policy;
 mod record;
+mod result;
 mod roots;
 #[cfg(test)]
 mod tests;
@@ -35,6 +37,7 @@ pub use cache::CachedPolicy;
 pub use fetch::{FetchError, Fetcher, MAX_POLICY_BYTES};
 pub use policy::{PolicyError, StsMode, StsPolicy, MAX_AGE_LIMIT};
 pub use record::{parse_record, parse_records, RecordError, StsRecord};
+pub use result::TlsResultType;
 pub use roots::{load_roots, RootsError};
 
 use crate::dns::{DnsError, Resolver};
