@@ -25,11 +25,12 @@ mod roots;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use mta_spool::Spool;
 use parking_lot::Mutex;
 
@@ -73,16 +74,30 @@ pub struct TlsPolicies {
     resolver: Resolver,
     fetcher: Fetcher,
     cache: PolicyCache,
-    /// Domains with a background refresh running (one per domain).
-    refreshing: Mutex<HashSet<String>>,
+    /// Fetches running, by domain: concurrent lookups of a new `id` share one (a spawned task, so it finishes
+    /// and fills the cache even if every caller gave up).
+    inflight: Mutex<HashMap<String, SharedFetch>>,
+    /// Failed fetches by domain: (id, Unix time before which it is not fetched again, error). Without it every
+    /// delivery attempt to a domain with a broken policy host would wait for a fetch.
+    failures: Mutex<HashMap<String, (String, u64, String)>>,
+    /// How long a failed fetch is not repeated.
+    retry_after: Duration,
     fetches: AtomicU64,
 }
+
+/// Default pause after a failed fetch.
+pub const DEFAULT_FETCH_RETRY: Duration = Duration::from_secs(300);
+/// Failed fetches remembered; beyond it the oldest are forgotten (a fetch again is the only cost).
+const MAX_FAILURES: usize = 16_384;
 
 impl std::fmt::Debug for TlsPolicies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsPolicies").field("fetches", &self.fetches()).finish_non_exhaustive()
     }
 }
+
+/// One fetch shared by every lookup that needs it.
+type SharedFetch = Shared<BoxFuture<'static, Result<CachedPolicy, String>>>;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -95,9 +110,17 @@ impl TlsPolicies {
             resolver,
             fetcher,
             cache: PolicyCache::new(spool),
-            refreshing: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            retry_after: DEFAULT_FETCH_RETRY,
             fetches: AtomicU64::new(0),
         }
+    }
+
+    /// The same, repeating a failed fetch after `retry_after` instead of [`DEFAULT_FETCH_RETRY`] (tests).
+    pub fn with_fetch_retry(mut self, retry_after: Duration) -> TlsPolicies {
+        self.retry_after = retry_after;
+        self
     }
 
     /// Policy fetches attempted since start (the benchmark's "lookups per destination per max_age").
@@ -142,18 +165,60 @@ impl TlsPolicies {
             if c.id == record.id {
                 // Refresh in the last quarter of max_age so a busy destination never runs on an expired policy.
                 if c.expires().saturating_sub(now) < c.policy.max_age_secs / 4 {
-                    self.refresh_in_background(&domain, record.id.clone());
+                    // Not awaited: the spawned fetch replaces the cached policy when it succeeds.
+                    drop(self.fetch_shared(&domain, &record.id));
                 }
                 return StsLookup { policy: cached, fetch_error: None };
             }
         }
-        match self.fetch_and_store(&domain, &record.id).await {
+        let failed =
+            self.failures.lock().get(&domain).filter(|(id, until, _)| *id == record.id && now < *until).cloned();
+        if let Some((_, _, error)) = failed {
+            return StsLookup { policy: cached, fetch_error: Some(error) };
+        }
+        match self.fetch_shared(&domain, &record.id).await {
             Ok(fresh) => StsLookup { policy: Some(fresh), fetch_error: None },
             Err(e) => {
                 tracing::info!(domain, error = %e, "MTA-STS policy fetch failed");
                 StsLookup { policy: cached, fetch_error: Some(e) }
             }
         }
+    }
+
+    /// The fetch of `domain`'s policy running now, or a new one.
+    fn fetch_shared(self: &Arc<Self>, domain: &str, id: &str) -> SharedFetch {
+        let mut inflight = self.inflight.lock();
+        if let Some(running) = inflight.get(domain) {
+            return running.clone();
+        }
+        let (this, d, i) = (self.clone(), domain.to_string(), id.to_string());
+        let task = tokio::spawn(async move {
+            let result = this.fetch_and_store(&d, &i).await;
+            {
+                let mut failures = this.failures.lock();
+                match &result {
+                    Ok(_) => {
+                        failures.remove(&d);
+                    }
+                    Err(e) => {
+                        if failures.len() >= MAX_FAILURES {
+                            let now = unix_now();
+                            failures.retain(|_, (_, until, _)| *until > now);
+                        }
+                        if failures.len() < MAX_FAILURES {
+                            let until = unix_now().saturating_add(this.retry_after.as_secs());
+                            failures.insert(d.clone(), (i.clone(), until, e.clone()));
+                        }
+                    }
+                }
+            }
+            this.inflight.lock().remove(&d);
+            result
+        });
+        let shared =
+            async move { task.await.unwrap_or_else(|e| Err(format!("policy fetch task: {e}"))) }.boxed().shared();
+        inflight.insert(domain.to_string(), shared.clone());
+        shared
     }
 
     async fn fetch_and_store(&self, domain: &str, id: &str) -> Result<CachedPolicy, String> {
@@ -164,18 +229,5 @@ impl TlsPolicies {
         let fresh = CachedPolicy { id: id.to_string(), policy, fetched: now };
         self.cache.put(domain, fresh.clone(), now).await;
         Ok(fresh)
-    }
-
-    fn refresh_in_background(self: &Arc<Self>, domain: &str, id: String) {
-        if !self.refreshing.lock().insert(domain.to_string()) {
-            return;
-        }
-        let (this, domain) = (self.clone(), domain.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = this.fetch_and_store(&domain, &id).await {
-                tracing::info!(domain, error = %e, "MTA-STS policy refresh failed; the cached one stays");
-            }
-            this.refreshing.lock().remove(&domain);
-        });
     }
 }

@@ -115,7 +115,8 @@ fn zone(domains: &[(&str, &str)]) -> TestZone {
 async fn policies(dns: &TestDnsServer, host: &Host, spool: &Spool) -> Arc<TlsPolicies> {
     let resolver = Resolver::new(DnsConfig { nameservers: vec![dns.addr()], ..DnsConfig::default() }).unwrap();
     let fetcher = Fetcher::new(host.roots.clone(), host.port, Duration::from_secs(5)).unwrap();
-    Arc::new(TlsPolicies::new(resolver, fetcher, spool.clone()))
+    // Failed fetches are repeated at once here (the default pause would hide the next answer).
+    Arc::new(TlsPolicies::new(resolver, fetcher, spool.clone()).with_fetch_retry(Duration::ZERO))
 }
 
 async fn spool(dir: &std::path::Path) -> Spool {
@@ -146,6 +147,7 @@ async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_host
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = policies(&dns, &host, &spool(dir.path()).await).await;
+    let dir2 = tempfile::tempdir().unwrap();
 
     let found = p.lookup("ok.test").await;
     let cached = found.policy.expect("policy");
@@ -159,8 +161,33 @@ async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_host
         let err = found.fetch_error.unwrap_or_default();
         assert!(err.contains(why), "{domain}: {err}");
     }
+    // With the default pause, a failed fetch is not repeated at once: the next lookup reports the failure.
+    let resolver = Resolver::new(DnsConfig { nameservers: vec![dns.addr()], ..DnsConfig::default() }).unwrap();
+    let fetcher = Fetcher::new(host.roots.clone(), host.port, Duration::from_secs(5)).unwrap();
+    let paused = Arc::new(TlsPolicies::new(resolver, fetcher, spool(dir2.path()).await));
+    for _ in 0..3 {
+        assert!(paused.lookup("html.test").await.fetch_error.is_some());
+    }
+    assert_eq!(paused.fetches(), 1);
     let none = p.lookup("nothing.test").await;
     assert_eq!(none, StsLookup { policy: None, fetch_error: None });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_a_new_id_share_one_fetch() {
+    let host = Host::start(&["mta-sts.ok.test"]).await;
+    host.answer("mta-sts.ok.test", ok("text/plain", GOOD));
+    let dns = TestDnsServer::start(vec![zone(&[("ok.test", "1")])]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = policies(&dns, &host, &spool(dir.path()).await).await;
+    let lookups = (0..16).map(|_| {
+        let p = p.clone();
+        tokio::spawn(async move { p.lookup("ok.test").await })
+    });
+    for found in futures::future::join_all(lookups).await {
+        assert_eq!(found.unwrap().policy.map(|c| c.id), Some("1".into()));
+    }
+    assert_eq!((p.fetches(), host.requests()), (1, 1));
 }
 
 #[tokio::test]
