@@ -54,11 +54,17 @@ impl Transport for Smtp {
                 match Connection::connect(addr, name, &client).await {
                     Ok(conn) => {
                         metrics::counter!("mta_delivery_connections_opened_total").increment(1);
+                        if hops.tls == HopTls::Verified {
+                            policy_outcome("tls_verified");
+                        }
                         return Ok((Box::new(conn) as Box<dyn Session>, name.to_string()));
                     }
                     Err(e) => {
                         tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
                         last = Response::from_error(&e);
+                        if let (HopTls::Verified, Some(failure)) = (hops.tls, last.tls_failure) {
+                            policy_outcome(failure.as_str());
+                        }
                         if last.origin == crate::Origin::Local {
                             last.text = format!("{name} [{addr}]: {}", last.text);
                         }
@@ -68,6 +74,12 @@ impl Transport for Smtp {
             Err(last)
         })
     }
+}
+
+/// Counts a connection under an enforced policy: verified, or its RFC 8460 failure type.
+fn policy_outcome(result: &'static str) {
+    metrics::counter!("mta_tls_policy_total", "source" => "mta-sts", "mode" => "enforce", "result" => result)
+        .increment(1);
 }
 
 impl Session for Connection {
