@@ -3,7 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mta_smtp::client::{ClientConfig, ClientError, Connection, Envelope, RecipientOutcome, Stage, Timeouts, TlsPolicy};
+use mta_smtp::client::{
+    CertificateFailure, ClientConfig, ClientError, Connection, Envelope, RecipientOutcome, Stage, Timeouts, TlsPolicy,
+    TlsTrust,
+};
 use mta_tests::sink::{SinkConfig, SinkHandle};
 
 fn any_port(ip: &str) -> SocketAddr {
@@ -426,6 +429,73 @@ async fn failed_handshake_falls_back_to_plaintext_unless_tls_is_required() {
     assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
     assert!(err.is_connection_level());
     assert_eq!(s.connections(), 3, "no plaintext retry when TLS is required");
+}
+
+/// A test CA's roots and a certificate it issued for `names` (chain PEM, key PEM).
+fn issued_certificate(names: &[&str]) -> (rustls::RootCertStore, (String, String)) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    (roots, (leaf.pem(), key.serialize_pem()))
+}
+
+#[tokio::test]
+async fn verified_tls_needs_a_trusted_certificate_for_the_mx_name_and_never_falls_back() {
+    let (roots, good_cert) = issued_certificate(&["sink.test"]);
+    let (other_roots, wrong_name) = issued_certificate(&["other.test"]);
+    let mut roots = roots;
+    roots.roots.extend(other_roots.roots);
+    let verified = ClientConfig { tls: TlsPolicy::Verified, trust: Some(TlsTrust::new(roots).unwrap()), ..client() };
+
+    let good = sink(SinkConfig { starttls: Some(good_cert.clone()), ..SinkConfig::default() }).await;
+    let mut c = connect(&good, &verified).await;
+    assert!(c.is_tls());
+    let to = rcpts(&["a@dest.test"]);
+    assert_eq!(c.send(&env("s@sender.test", &to), b"x\r\n").await.unwrap().delivered(), 1);
+    c.quit().await;
+    assert!(good.messages()[0].tls);
+
+    let refused = [
+        (SinkConfig { starttls: Some(wrong_name), ..SinkConfig::default() }, "host mismatch"),
+        (SinkConfig { starttls: Some(certificate()), ..SinkConfig::default() }, "untrusted"),
+        (SinkConfig { starttls: Some(good_cert.clone()), tls_garbage: true, ..SinkConfig::default() }, "garbage"),
+        (SinkConfig::default(), "no STARTTLS"),
+    ];
+    for (config, case) in refused {
+        let s = sink(config).await;
+        let err = Connection::connect(s.addr, "sink.test", &verified).await.unwrap_err();
+        match case {
+            "host mismatch" => assert!(
+                matches!(err, ClientError::Certificate { failure: CertificateFailure::HostMismatch, .. }),
+                "{err:?}"
+            ),
+            "untrusted" => assert!(
+                matches!(err, ClientError::Certificate { failure: CertificateFailure::NotTrusted, .. }),
+                "{err:?}"
+            ),
+            "garbage" => assert!(matches!(err, ClientError::Tls(_)), "{err:?}"),
+            _ => assert!(matches!(err, ClientError::TlsRequired), "{err:?}"),
+        }
+        assert!(err.is_connection_level() && !err.is_permanent(), "{case}: {err:?}");
+        assert_eq!(s.connections(), 1, "{case}: no plaintext retry");
+        assert!(!s.commands().iter().any(|c| c.starts_with("MAIL")), "{case}: nothing sent");
+    }
+
+    // The reference identity is the name we were given, not whatever the certificate says; and verified TLS
+    // without roots is refused rather than unverified.
+    let err = Connection::connect(good.addr, "127.0.0.1", &verified).await.unwrap_err();
+    assert!(matches!(err, ClientError::Certificate { failure: CertificateFailure::HostMismatch, .. }), "{err:?}");
+    let err = Connection::connect(good.addr, "sink.test", &ClientConfig { trust: None, ..verified.clone() })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ pub struct Response {
     pub stage: Option<Stage>,
     /// Who decided it.
     pub origin: Origin,
+    /// When a TLS policy made the attempt fail: the RFC 8460 result type (for TLS reporting and metrics).
+    pub tls_failure: Option<crate::tls_policy::TlsResultType>,
 }
 
 /// Longest text kept from a reply: a hostile server may send 128 lines of 4 KiB.
@@ -55,6 +57,7 @@ impl Response {
             text: one_line(&reply.text),
             stage: Some(stage),
             origin: Origin::Remote,
+            tls_failure: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl Response {
             text: one_line(&text.into()),
             stage: None,
             origin: Origin::Local,
+            tls_failure: None,
         }
     }
 
@@ -81,10 +85,13 @@ impl Response {
             ClientError::TooLarge { .. } => (552, (5, 3, 4)),
             ClientError::SmtpUtf8NotSupported => (553, (5, 6, 7)),
             ClientError::InvalidAddress(_) => (553, (5, 1, 7)),
+            // RFC 3463 X.7.5 "cryptographic failure": transient, a policy failure never bounces on its own.
+            ClientError::Certificate { .. } => (451, (4, 7, 5)),
             ClientError::Timeout { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => (451, (4, 4, 2)),
             _ => (451, (4, 4, 1)),
         };
-        Response { stage, ..Response::local(code, enhanced, e.to_string()) }
+        let tls_failure = crate::tls_policy::TlsResultType::from_client_error(e);
+        Response { stage, tls_failure, ..Response::local(code, enhanced, e.to_string()) }
     }
 
     /// 2xx.
@@ -113,6 +120,7 @@ fn error_stage(e: &ClientError) -> Option<Stage> {
         ClientError::GreetingRejected(_) => Some(Stage::Greeting),
         ClientError::HeloRejected(_) => Some(Stage::Ehlo),
         ClientError::Tls(_) | ClientError::TlsRequired => Some(Stage::StartTls),
+        ClientError::Certificate { .. } => Some(Stage::TlsHandshake),
         ClientError::MessageRejected(_)
         | ClientError::TooLarge { .. }
         | ClientError::SmtpUtf8NotSupported

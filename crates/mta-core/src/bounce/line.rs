@@ -35,7 +35,7 @@ pub fn parse_line(line: &str) -> Option<Response> {
         Some((e, text)) => (Some(e), text),
         None => (None, rest),
     };
-    Some(Response { code, enhanced, text: text.to_string(), stage: None, origin: Origin::Remote })
+    Some(Response { code, enhanced, text: text.to_string(), stage: None, origin: Origin::Remote, tls_failure: None })
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub(crate) struct Context {
     /// Signalled when a connection or a resolution ends (stop waits on it).
     pub(crate) idle: Notify,
     hold: parking_lot::RwLock<Option<HoldCheck>>,
+    /// MTA-STS policies (`None`: `delivery.mta_sts = "off"`, and the runtime's unit tests).
+    pub(crate) policies: Option<Arc<crate::tls_policy::TlsPolicies>>,
 }
 
 impl Context {
@@ -76,6 +78,7 @@ impl Context {
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
             hold: parking_lot::RwLock::new(None),
+            policies: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //!   `clock`: wall and monotonic time (tokio's paused clock in tests).
 //! - `runtime`: the async driver — the timer loop, DNS, dispatch within limits, graceful stop.
 //! - `plan`: next hops from the MX plan or a configured route; the site name.
+//! - `tls`: the destination's MTA-STS policy applied to its next hops (which MX, verified TLS).
 //! - [`dsn`]: RFC 3464 delivery status notifications. `ids`: compact in-memory ids so millions of queued
 //!   messages fit in little memory.
 //!
@@ -65,11 +66,15 @@ mod sites;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod tls;
 mod transport;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::tls_policy::MtaStsSetting;
 
 pub use context::HoldCheck;
 pub use runtime::Delivery;
@@ -143,6 +148,12 @@ pub struct DeliveryConfig {
     pub idle_timeout: Duration,
     /// Classifies failure responses for events, DSNs and automatic suppression (`bounce.rules_file` first).
     pub classifier: std::sync::Arc<crate::bounce::Classifier>,
+    /// Obey published MTA-STS policies (RFC 8461).
+    pub mta_sts: MtaStsSetting,
+    /// Port of `mta-sts.<domain>` (443; tests use another).
+    pub mta_sts_port: u16,
+    /// Extra PEM roots for verified outbound TLS and policy fetches.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -169,6 +180,9 @@ impl Default for DeliveryConfig {
             chunking: true,
             idle_timeout: Duration::from_secs(2),
             classifier: crate::bounce::Classifier::shipped(),
+            mta_sts: MtaStsSetting::default(),
+            mta_sts_port: crate::tls_policy::DEFAULT_MTA_STS_PORT,
+            tls_ca_file: None,
         }
     }
 }

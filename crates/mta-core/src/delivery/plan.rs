@@ -14,6 +14,16 @@ pub struct Hop {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// What TLS the hops of a site must offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HopTls {
+    /// The engine's default (`delivery.require_tls`, else opportunistic).
+    #[default]
+    Default,
+    /// STARTTLS with a certificate verified for the MX name (an MTA-STS `enforce` policy).
+    Verified,
+}
+
 /// The ordered next hops of a site.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHops {
@@ -21,6 +31,8 @@ pub struct NextHops {
     pub name: String,
     /// Hosts in preference order (random among equals, already applied by the resolver).
     pub hosts: Vec<Hop>,
+    /// TLS the hops must offer (a policy's requirement; part of the site name so sites never mix them).
+    pub tls: HopTls,
 }
 
 impl NextHops {
@@ -39,13 +51,17 @@ impl NextHops {
                 addrs: h.addresses.iter().map(|a| SocketAddr::new(*a, port)).collect(),
             })
             .collect();
-        NextHops { name: names.join(","), hosts }
+        NextHops { name: names.join(","), hosts, tls: HopTls::Default }
     }
 
     /// A fixed route: `host:port` where host is an IP address or a name resolved by the caller to `addrs`.
     pub fn route(relay: &str, addrs: Vec<SocketAddr>) -> NextHops {
         let host = relay.rsplit_once(':').map(|(h, _)| h).unwrap_or(relay).trim_matches(['[', ']']);
-        NextHops { name: format!("route:{relay}"), hosts: vec![Hop { name: host.to_string(), addrs }] }
+        NextHops {
+            name: format!("route:{relay}"),
+            hosts: vec![Hop { name: host.to_string(), addrs }],
+            tls: HopTls::Default,
+        }
     }
 
     /// Every (host name, address) in order.

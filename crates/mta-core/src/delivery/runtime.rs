@@ -18,7 +18,7 @@ use super::plan::{parse_relay, NextHops};
 use super::recorder::Outcome;
 use super::scheduler::{QueueRow, State, Work};
 use super::site::{SiteKey, SiteLimits};
-use super::transport::{Smtp, Transport};
+use super::transport::Smtp;
 use super::DeliveryConfig;
 use crate::dns::{DnsError, Resolver};
 use crate::events::EventLog;
@@ -55,21 +55,31 @@ impl Delivery {
             tls: if cfg.require_tls { TlsPolicy::Required } else { TlsPolicy::Opportunistic },
             source_address: cfg.source_address,
             timeouts,
+            trust: None,
             chunking: cfg.chunking,
         };
+        let (client, policies) = super::tls::setup(&cfg, client, &resolver, &spool);
         let transport = Arc::new(Smtp { client });
-        Delivery::with_parts(cfg, spool, events, resolver, hostname, transport, Clock::System)
+        let mut ctx = Context::new(cfg, spool, events, resolver, hostname, transport, Clock::System);
+        ctx.policies = policies;
+        Delivery { ctx: Arc::new(ctx) }
+    }
+
+    /// The MTA-STS policies (`None` when `delivery.mta_sts = "off"`).
+    pub fn tls_policies(&self) -> Option<&Arc<crate::tls_policy::TlsPolicies>> {
+        self.ctx.policies.as_ref()
     }
 
     /// The engine with its transport and clock chosen (the runtime's unit tests use a scripted receiver and
     /// tokio's paused clock).
+    #[cfg(test)]
     pub(crate) fn with_parts(
         cfg: DeliveryConfig,
         spool: Spool,
         events: EventLog,
         resolver: Resolver,
         hostname: String,
-        transport: Arc<dyn Transport>,
+        transport: Arc<dyn super::transport::Transport>,
         clock: Clock,
     ) -> Delivery {
         Delivery { ctx: Arc::new(Context::new(cfg, spool, events, resolver, hostname, transport, clock)) }
@@ -238,7 +248,7 @@ async fn next_hops(ctx: &Context, domain: &str) -> Result<NextHops, Outcome> {
                 let text = format!("No address for any MX host of {domain}");
                 return Err(Outcome::transient(Response::local(451, (4, 4, 3), text)));
             }
-            Ok(hops)
+            super::tls::apply(ctx, domain, hops).await
         }
         Err(DnsError::NullMx) => {
             let text = format!("Domain {domain} does not accept mail (null MX)");

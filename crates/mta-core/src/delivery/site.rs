@@ -218,7 +218,7 @@ mod tests {
     use crate::delivery::ids::{CompactId, Interner};
 
     fn site(connections: usize, rate: Option<f64>) -> Site {
-        let hops = Arc::new(NextHops { name: "mx.test".into(), hosts: vec![] });
+        let hops = Arc::new(NextHops { name: "mx.test".into(), hosts: vec![], tls: Default::default() });
         Site::new(hops, SiteLimits { connections, messages_per_connection: 10, rate }, Instant::now())
     }
 

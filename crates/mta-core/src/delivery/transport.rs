@@ -6,9 +6,9 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-use mta_smtp::client::{ClientConfig, ClientError, Connection, Envelope, SendResult};
+use mta_smtp::client::{ClientConfig, ClientError, Connection, Envelope, SendResult, TlsPolicy};
 
-use super::plan::NextHops;
+use super::plan::{HopTls, NextHops};
 use crate::Response;
 
 /// A boxed future (the traits below are object-safe so the runtime holds `Arc<dyn Transport>`).
@@ -36,7 +36,7 @@ pub(crate) trait Session: Send {
 
 /// SMTP over TCP with the engine's client settings.
 pub(crate) struct Smtp {
-    /// Client settings (EHLO name, TLS policy, time limits, default source address).
+    /// Client settings (EHLO name, TLS policy and roots, time limits, default source address).
     pub(crate) client: ClientConfig,
 }
 
@@ -45,16 +45,26 @@ impl Transport for Smtp {
         Box::pin(async move {
             let mut client = self.client.clone();
             client.source_address = source.or(client.source_address);
+            if hops.tls == HopTls::Verified {
+                // A policy asked for it: never plaintext, never an unverified certificate (RFC 8461 §5).
+                client.tls = TlsPolicy::Verified;
+            }
             let mut last = Response::local(451, (4, 4, 1), "no next hop");
             for (name, addr) in hops.targets() {
                 match Connection::connect(addr, name, &client).await {
                     Ok(conn) => {
                         metrics::counter!("mta_delivery_connections_opened_total").increment(1);
+                        if hops.tls == HopTls::Verified {
+                            policy_outcome("tls_verified");
+                        }
                         return Ok((Box::new(conn) as Box<dyn Session>, name.to_string()));
                     }
                     Err(e) => {
                         tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
                         last = Response::from_error(&e);
+                        if let (HopTls::Verified, Some(failure)) = (hops.tls, last.tls_failure) {
+                            policy_outcome(failure.as_str());
+                        }
                         if last.origin == crate::Origin::Local {
                             last.text = format!("{name} [{addr}]: {}", last.text);
                         }
@@ -64,6 +74,12 @@ impl Transport for Smtp {
             Err(last)
         })
     }
+}
+
+/// Counts a connection under an enforced policy: verified, or its RFC 8460 failure type.
+fn policy_outcome(result: &'static str) {
+    metrics::counter!("mta_tls_policy_total", "source" => "mta-sts", "mode" => "enforce", "result" => result)
+        .increment(1);
 }
 
 impl Session for Connection {

@@ -2,8 +2,10 @@
 //! `mta_core::delivery::DeliveryConfig`'s. `[[route]]` tables are the core's own `Route`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use mta_core::delivery::Route;
+use mta_core::tls_policy::MtaStsSetting;
 use mta_core::DeliveryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,12 @@ pub struct DeliverySection {
     pub circuit_open_for: HumanDuration,
     /// How long a throttling reply (421, 451 4.7.x) lowers a site's connections (added key).
     pub throttle_for: HumanDuration,
+    /// Obey published MTA-STS policies (RFC 8461): `"off"` or `"enforce"`.
+    pub mta_sts: MtaStsSetting,
+    /// Port of the policy host `mta-sts.<domain>` (tests).
+    pub mta_sts_port: u16,
+    /// Extra PEM roots for verified outbound TLS and policy fetches.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for DeliverySection {
@@ -73,6 +81,9 @@ impl Default for DeliverySection {
             smtp_timeout: c.smtp_timeout.map(HumanDuration),
             circuit_open_for: c.circuit_open_for.into(),
             throttle_for: c.throttle_for.into(),
+            mta_sts: c.mta_sts,
+            mta_sts_port: c.mta_sts_port,
+            tls_ca_file: c.tls_ca_file,
         }
     }
 }
@@ -95,6 +106,9 @@ impl From<&DeliverySection> for DeliveryConfig {
             smtp_timeout: d.smtp_timeout.map(HumanDuration::get),
             circuit_open_for: d.circuit_open_for.get(),
             throttle_for: d.throttle_for.get(),
+            mta_sts: d.mta_sts,
+            mta_sts_port: d.mta_sts_port,
+            tls_ca_file: d.tls_ca_file.clone(),
             ..DeliveryConfig::default()
         }
     }
@@ -113,6 +127,10 @@ impl DeliverySection {
         }
         if self.connections_per_domain == 0 || self.messages_per_connection == 0 {
             return Err(Invalid::new("delivery.connections_per_domain", "limits must be at least 1"));
+        }
+        if let Some(path) = &self.tls_ca_file {
+            mta_core::tls_policy::load_roots(Some(path))
+                .map_err(|e| Invalid::new("delivery.tls_ca_file", e.to_string()))?;
         }
         Ok(())
     }

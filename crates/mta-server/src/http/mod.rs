@@ -42,6 +42,7 @@ mod ratelimit;
 mod request;
 mod routes;
 mod status;
+mod tls_policy;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -107,7 +107,7 @@ pub async fn get_queue(State(state): State<HttpState>) -> Response {
     Json(body).into_response()
 }
 
-fn check_domain(domain: &str) -> Result<String, ApiError> {
+pub(super) fn check_domain(domain: &str) -> Result<String, ApiError> {
     let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     let ok = !d.is_empty()
         && d.len() <= 253

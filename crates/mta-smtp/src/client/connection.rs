@@ -32,6 +32,8 @@ pub struct Connection {
     greeting: Reply,
     peer: SocketAddr,
     timeouts: Timeouts,
+    /// `ClientConfig::trust`: roots for a verified STARTTLS.
+    trust: Option<super::TlsTrust>,
     /// `ClientConfig::chunking`: whether to use BDAT when offered.
     chunking: bool,
     tls: bool,
@@ -97,6 +99,7 @@ impl Connection {
             greeting: Reply::basic(220, ""),
             peer: addr,
             timeouts: t,
+            trust: config.trust.clone(),
             chunking: config.chunking,
             tls: false,
             usable: true,
@@ -119,7 +122,7 @@ impl Connection {
                 }
             } else {
                 metrics::counter!("mta_smtp_client_tls_total", "result" => "not_offered").increment(1);
-                if policy == TlsPolicy::Required {
+                if requires_tls(policy) {
                     conn.quit_quietly().await;
                     return Err(ClientError::TlsRequired);
                 }
@@ -159,7 +162,7 @@ impl Connection {
                 return Err(ClientError::ServiceUnavailable(reply));
             }
             metrics::counter!("mta_smtp_client_tls_total", "result" => "refused").increment(1);
-            if policy == TlsPolicy::Required {
+            if requires_tls(policy) {
                 return Err(ClientError::Tls(format!("STARTTLS refused: {reply}")));
             }
             return Ok(());
@@ -175,8 +178,17 @@ impl Connection {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
             return Err(ClientError::Protocol("STARTTLS on a TLS session".into()));
         };
-        let connector = tls::connector().map_err(ClientError::Tls)?;
-        let name = tls::server_name(server_name, self.peer.ip());
+        let (connector, name) = if policy == TlsPolicy::Verified {
+            // The reference identity is the MX host name (RFC 8461 §4.2); an address cannot be verified.
+            let Some(trust) = &self.trust else {
+                return Err(ClientError::Tls("verified TLS asked for without trust anchors".into()));
+            };
+            let name = rustls::pki_types::ServerName::try_from(server_name.trim_end_matches('.').to_string())
+                .map_err(|_| ClientError::Tls(format!("{server_name:?} is not a host name to verify")))?;
+            (trust.connector(), name)
+        } else {
+            (tls::connector().map_err(ClientError::Tls)?, tls::server_name(server_name, self.peer.ip()))
+        };
         match timeout(t, connector.connect(name, tcp)).await {
             Err(_) => {
                 metrics::counter!("mta_smtp_client_tls_total", "result" => "handshake_failed").increment(1);
@@ -184,6 +196,12 @@ impl Connection {
             }
             Ok(Err(e)) => {
                 metrics::counter!("mta_smtp_client_tls_total", "result" => "handshake_failed").increment(1);
+                if let Some(failure) = tls::certificate_failure(&e) {
+                    return Err(ClientError::Certificate {
+                        failure,
+                        detail: format!("{} [{}]: {e}", server_name, self.peer),
+                    });
+                }
                 Err(ClientError::Tls(format!("handshake with {}: {e}", self.peer)))
             }
             Ok(Ok(stream)) => {
@@ -573,6 +591,11 @@ async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>, limit: Duration) 
     // We batch our own writes; Nagle would only delay the small ones (RSET, QUIT, non-pipelined commands).
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// The policy fails the connection rather than continue without TLS.
+fn requires_tls(policy: TlsPolicy) -> bool {
+    matches!(policy, TlsPolicy::Required | TlsPolicy::Verified)
 }
 
 /// A handshake failure that opportunistic TLS answers with a plaintext retry.

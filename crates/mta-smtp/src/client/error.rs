@@ -109,6 +109,15 @@ pub enum ClientError {
     /// handshake falls back to plaintext instead).
     #[error("TLS: {0}")]
     Tls(String),
+    /// Under [`super::TlsPolicy::Verified`] the server's certificate was refused: retry later (a policy failure
+    /// is never a bounce on its own).
+    #[error("certificate refused ({failure:?}): {detail}")]
+    Certificate {
+        /// What was wrong with it.
+        failure: super::CertificateFailure,
+        /// The verifier's words.
+        detail: String,
+    },
     /// TLS is required and the server does not offer STARTTLS.
     #[error("TLS required but the server does not offer STARTTLS")]
     TlsRequired,
@@ -178,6 +187,7 @@ impl ClientError {
             ClientError::ServiceUnavailable(_) => "service_unavailable",
             ClientError::Protocol(_) => "protocol_error",
             ClientError::Tls(_) | ClientError::TlsRequired => "tls_error",
+            ClientError::Certificate { .. } => "certificate_error",
             ClientError::MessageRejected(_) => "rejected",
             ClientError::TooLarge { .. } => "too_large",
             ClientError::SmtpUtf8NotSupported => "smtputf8_unsupported",

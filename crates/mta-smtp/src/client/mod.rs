@@ -10,8 +10,8 @@
 //!   CRLF, the terminator.
 //! - [`error`]: [`ClientError`], classified for the delivery engine: was the connection or the message at
 //!   fault, is it permanent.
-//! - `tls`: the opportunistic STARTTLS configuration (RFC 7435: no certificate check) and the stream that is
-//!   plaintext before STARTTLS and TLS after it.
+//! - `tls`: the opportunistic STARTTLS configuration (RFC 7435: no certificate check), the verified one
+//!   ([`TlsTrust`], for MTA-STS) and the stream that is plaintext before STARTTLS and TLS after it.
 //! - `connection`: [`Connection`], the tokio session: connect, greeting, EHLO/HELO, STARTTLS, then
 //!   [`Connection::send`] per message (pipelined when offered, `BDAT` when `CHUNKING` is offered), `RSET`, `QUIT`.
 //!
@@ -44,6 +44,7 @@ use std::time::Duration;
 pub use connection::Connection;
 pub use error::{ClientError, Stage};
 pub use reply::{Capabilities, ReplyError, ReplyParser};
+pub use tls::TlsTrust;
 
 use crate::proto::reply::Reply;
 
@@ -59,6 +60,23 @@ pub enum TlsPolicy {
     Required,
     /// Never STARTTLS.
     Disabled,
+    /// STARTTLS must be offered and the certificate chain must verify against [`ClientConfig::trust`] for the
+    /// MX host name (MTA-STS `enforce`, RFC 8461 §4.2). Any failure fails the connection; never plaintext.
+    Verified,
+}
+
+/// Why a certificate was refused under [`TlsPolicy::Verified`] (maps onto RFC 8460 result types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CertificateFailure {
+    /// The certificate does not name the MX host (`certificate-host-mismatch`).
+    HostMismatch,
+    /// Expired or not yet valid (`certificate-expired`).
+    Expired,
+    /// The chain leads to no trusted root (`certificate-not-trusted`).
+    NotTrusted,
+    /// Any other verification failure (`validation-failure`).
+    Other,
 }
 
 /// Time limits per stage, RFC 5321 §4.5.3.2. Each applies to one wait: one reply, or one write.
@@ -133,6 +151,8 @@ pub struct ClientConfig {
     pub source_address: Option<IpAddr>,
     /// Per-stage time limits.
     pub timeouts: Timeouts,
+    /// Roots for [`TlsPolicy::Verified`]; without them a verified connection fails.
+    pub trust: Option<TlsTrust>,
     /// Use `BDAT` when the server offers `CHUNKING` (the whole message in one pipelined write for small
     /// messages, no dot-stuffing). Off: always `DATA`, for peers with broken `BDAT`.
     pub chunking: bool,
@@ -145,6 +165,7 @@ impl Default for ClientConfig {
             tls: TlsPolicy::default(),
             source_address: None,
             timeouts: Timeouts::default(),
+            trust: None,
             chunking: true,
         }
     }

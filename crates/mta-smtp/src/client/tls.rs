@@ -1,4 +1,5 @@
-//! Opportunistic STARTTLS (RFC 7435) and the stream that is plaintext before it and TLS after it.
+//! STARTTLS configurations (opportunistic, RFC 7435; verified, for MTA-STS and other policies) and the stream
+//! that is plaintext before STARTTLS and TLS after it.
 
 use std::io;
 use std::pin::Pin;
@@ -71,6 +72,54 @@ pub(crate) fn connector() -> Result<TlsConnector, String> {
         Ok(Arc::new(config))
     });
     config.clone().map(TlsConnector::from)
+}
+
+/// Trust anchors for verified STARTTLS ([`super::TlsPolicy::Verified`]): the certificate chain must lead to one
+/// of them and name the MX host (RFC 8461 §4.2: PKIX, the MX name as reference identity). Built once, shared.
+#[derive(Clone)]
+pub struct TlsTrust {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsTrust {
+    /// A verifier with these roots (system roots plus the operator's private ones, typically).
+    pub fn new(roots: rustls::RootCertStore) -> Result<TlsTrust, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS protocol setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsTrust { config: Arc::new(config) })
+    }
+
+    /// The connector that verifies chains against these roots.
+    pub(crate) fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.config.clone())
+    }
+}
+
+impl std::fmt::Debug for TlsTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsTrust")
+    }
+}
+
+/// Why a verified handshake failed, read from the rustls error inside the I/O error (RFC 8460 result types
+/// are derived from it).
+pub(crate) fn certificate_failure(e: &io::Error) -> Option<super::CertificateFailure> {
+    use super::CertificateFailure as F;
+    use rustls::CertificateError as C;
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let rustls::Error::InvalidCertificate(c) = inner else {
+        return None;
+    };
+    Some(match c {
+        C::NotValidForName | C::NotValidForNameContext { .. } => F::HostMismatch,
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => F::Expired,
+        C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => F::NotTrusted,
+        _ => F::Other,
+    })
 }
 
 /// The name for SNI: the MX host name when it is a valid DNS name, else the address (no SNI is sent for it).

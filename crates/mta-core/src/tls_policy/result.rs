@@ -1,0 +1,67 @@
+//! RFC 8460 §4.3 result types: why a session under a TLS policy failed, kept typed on the delivery
+//! [`crate::Response`] so TLS reporting counts them without reading text.
+
+use mta_smtp::client::{CertificateFailure, ClientError};
+
+/// One RFC 8460 failure result type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum TlsResultType {
+    /// The MX host does not offer STARTTLS (or refused it).
+    StarttlsNotSupported,
+    /// The certificate does not name the MX host.
+    CertificateHostMismatch,
+    /// The certificate has expired (or is not yet valid).
+    CertificateExpired,
+    /// The certificate chain leads to no trusted root.
+    CertificateNotTrusted,
+    /// Any other failure to establish verified TLS (including "no MX host matches the policy").
+    ValidationFailure,
+}
+
+impl TlsResultType {
+    /// The RFC 8460 name (`starttls-not-supported`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsResultType::StarttlsNotSupported => "starttls-not-supported",
+            TlsResultType::CertificateHostMismatch => "certificate-host-mismatch",
+            TlsResultType::CertificateExpired => "certificate-expired",
+            TlsResultType::CertificateNotTrusted => "certificate-not-trusted",
+            TlsResultType::ValidationFailure => "validation-failure",
+        }
+    }
+
+    /// The result type of a client error, when it is a TLS failure (only produced when TLS was required or
+    /// verified: opportunistic sessions fall back to plaintext instead of failing).
+    pub fn from_client_error(e: &ClientError) -> Option<TlsResultType> {
+        Some(match e {
+            ClientError::TlsRequired => TlsResultType::StarttlsNotSupported,
+            ClientError::Tls(text) if text.starts_with("STARTTLS refused") => TlsResultType::StarttlsNotSupported,
+            ClientError::Tls(_) => TlsResultType::ValidationFailure,
+            ClientError::Certificate { failure, .. } => match failure {
+                CertificateFailure::HostMismatch => TlsResultType::CertificateHostMismatch,
+                CertificateFailure::Expired => TlsResultType::CertificateExpired,
+                CertificateFailure::NotTrusted => TlsResultType::CertificateNotTrusted,
+                _ => TlsResultType::ValidationFailure,
+            },
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_map_to_rfc_8460_names() {
+        let host = ClientError::Certificate { failure: CertificateFailure::HostMismatch, detail: String::new() };
+        assert_eq!(TlsResultType::from_client_error(&host).map(|t| t.as_str()), Some("certificate-host-mismatch"));
+        let none = TlsResultType::from_client_error(&ClientError::TlsRequired);
+        assert_eq!(none, Some(TlsResultType::StarttlsNotSupported));
+        assert_eq!(TlsResultType::from_client_error(&ClientError::Unusable), None);
+        let resp = crate::Response::from_error(&host);
+        assert_eq!((resp.code, resp.tls_failure), (451, Some(TlsResultType::CertificateHostMismatch)));
+    }
+}
