@@ -12,6 +12,7 @@
 //!   the timers and a clock (`context` holds them with the global limits).
 //! - `transport`: the seam to the wire (SMTP in the engine, a scripted receiver in the runtime's tests);
 //!   `clock`: wall and monotonic time (tokio's paused clock in tests).
+//! - [`fleet`]: the seam to limits shared by a fleet (connection leases, send tokens); none by default.
 //! - `runtime`: the async driver — the timer loop, DNS, dispatch within limits, graceful stop.
 //! - `plan`: next hops from the MX plan or a configured route; the site name.
 //! - [`dsn`]: RFC 3464 delivery status notifications. `ids`: compact in-memory ids so millions of queued
@@ -51,6 +52,7 @@
 //! (`recorder`) are async mutexes, held across the commit and taken before any of the above.
 
 pub mod dsn;
+pub mod fleet;
 pub(crate) mod ids;
 pub(crate) mod plan;
 pub(crate) mod scheduler;
@@ -72,6 +74,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use context::HoldCheck;
+pub use fleet::{FleetFuture, FleetLimits};
 pub use runtime::Delivery;
 pub use scheduler::{QueueCounts, QueueRow};
 
@@ -141,6 +144,19 @@ pub struct DeliveryConfig {
     pub chunking: bool,
     /// How long an idle outbound connection waits for more work before QUIT.
     pub idle_timeout: Duration,
+    /// Limits shared with a fleet (`None`: this node's limits are its own): per-site connection caps and
+    /// rates become fleet totals.
+    pub fleet: Option<Fleet>,
+}
+
+/// A handle on fleet-wide limits as the config carries it.
+#[derive(Clone)]
+pub struct Fleet(pub std::sync::Arc<dyn FleetLimits>);
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fleet")
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -166,6 +182,7 @@ impl Default for DeliveryConfig {
             smtp_timeout: None,
             chunking: true,
             idle_timeout: Duration::from_secs(2),
+            fleet: None,
         }
     }
 }
