@@ -54,15 +54,12 @@ pub(super) async fn run(
             _ = stop.changed() => break,
             conn = conn_rx.recv() => {
                 connecting = false;
-                match conn {
-                    Some(Some(conn)) => {
-                        actor.conn = Some(conn);
-                        if actor.rejoin().await {
-                            backoff = BACKOFF_MIN;
-                            continue;
-                        }
+                if let Some(Some(conn)) = conn {
+                    actor.conn = Some(conn);
+                    if actor.rejoin().await {
+                        backoff = BACKOFF_MIN;
+                        continue;
                     }
-                    _ => {}
                 }
                 next_connect = Instant::now() + backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -217,7 +214,10 @@ impl Actor {
     /// Say this node is alive (with its state and queue) and read who else is.
     async fn heartbeat(&mut self) {
         let status = (self.status)();
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let info = serde_json::json!({"state": status.state, "queued": status.queued, "at": at}).to_string();
         let mut inv = HEARTBEAT.prepare_invoke();
         inv.key(format!("{}:alive", self.cfg.name)).key(format!("{}:nodes", self.cfg.name));

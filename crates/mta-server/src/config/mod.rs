@@ -11,11 +11,12 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `log`, `debug`: the sections.
+//!   `backpressure`, `cluster`, `log`, `debug`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod auth;
 mod backpressure;
+mod cluster;
 mod debug;
 mod delivery;
 mod dkim;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use self::backpressure::BackpressureSection;
+pub use self::cluster::ClusterSection;
 pub use self::debug::DebugSection;
 pub use self::delivery::{DeliverySection, PoolSection};
 pub use self::dkim::{DkimKey, DkimSection, PreflightMismatch};
@@ -74,6 +76,8 @@ pub struct Config {
     pub dkim: DkimSection,
     /// Load-shedding thresholds.
     pub backpressure: BackpressureSection,
+    /// Fleet-wide limits on a shared Redis.
+    pub cluster: ClusterSection,
     /// Logs and the delivery event log.
     pub log: LogSection,
     /// Test-only switches.
@@ -164,6 +168,7 @@ impl Config {
         auth::check(&self.auth)?;
         self.dkim.check()?;
         self.backpressure.check()?;
+        self.cluster.check()?;
         Ok(())
     }
 

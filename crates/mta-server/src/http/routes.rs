@@ -4,7 +4,7 @@
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
-use super::{debug, health, inject, openapi, queue, status, HttpState};
+use super::{cluster, debug, health, inject, openapi, queue, status, HttpState};
 
 /// One route of the API.
 #[derive(Clone, Copy)]
@@ -33,6 +33,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/v1/queue", auth: true, endpoint: || routes!(queue::get_queue) },
     Route { method: "POST", path: "/api/v1/queue/{domain}/suspend", auth: true, endpoint: || routes!(queue::suspend) },
     Route { method: "POST", path: "/api/v1/queue/{domain}/resume", auth: true, endpoint: || routes!(queue::resume) },
+    Route { method: "GET", path: "/api/v1/cluster", auth: true, endpoint: || routes!(cluster::get_cluster) },
     Route { method: "GET", path: "/api/v1/senders", auth: true, endpoint: || routes!(queue::get_senders) },
     Route { method: "GET", path: "/api/v1/openapi.json", auth: true, endpoint: || routes!(openapi::get_openapi) },
     Route { method: "GET", path: "/api/v1/health", auth: true, endpoint: || routes!(health::health) },
