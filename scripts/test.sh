@@ -10,6 +10,8 @@ command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
 # tests/tests/dkim_opendkim.rs: OpenDKIM (offline test mode) verifies our DKIM signatures.
 [ -x /usr/sbin/opendkim ] || need_apt+=(opendkim opendkim-tools)
+# tests/tests/fleet_redis.rs: a real Redis shared by three nodes (started by the test, no persistence).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "installing test tools: ${need_apt[*]}"

@@ -53,7 +53,16 @@ impl TestServer {
 
     /// Start a server in `dir` (reusing a spool across restarts), optionally on given ports.
     pub fn start_in(dir: &Path, extra: &str, smtp_port: Option<u16>, http_port: Option<u16>) -> TestServer {
-        TestServer::start_full(dir, extra, smtp_port, http_port, "127.0.0.1")
+        TestServer::start_full(dir, extra, smtp_port, http_port, "127.0.0.1", "t1")
+    }
+
+    /// Start one node of a fleet: like [`TestServer::start`], with its own `server.node_id`.
+    pub fn start_node(node_id: &str, extra: &str) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = TestServer::start_full(&dir, extra, None, None, "127.0.0.1", node_id);
+        s._tmp = Some(tmp);
+        s
     }
 
     /// Start a server whose HTTP API listens on `http_host` (`"[::]"`: dual-stack) at a free port; clients
@@ -61,7 +70,7 @@ impl TestServer {
     pub fn start_http_on(http_host: &str, extra: &str) -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let mut s = TestServer::start_full(&dir, extra, None, None, http_host);
+        let mut s = TestServer::start_full(&dir, extra, None, None, http_host, "t1");
         s._tmp = Some(tmp);
         s
     }
@@ -72,11 +81,12 @@ impl TestServer {
         smtp_port: Option<u16>,
         http_port: Option<u16>,
         http_host: &str,
+        node_id: &str,
     ) -> TestServer {
         let smtp: SocketAddr = format!("127.0.0.1:{}", smtp_port.unwrap_or_else(free_port)).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", http_port.unwrap_or_else(free_port)).parse().unwrap();
         let config = format!(
-            "[server]\nhostname = \"mx.test\"\nnode_id = \"t1\"\nshutdown_timeout = \"10s\"\n\
+            "[server]\nhostname = \"mx.test\"\nnode_id = \"{node_id}\"\nshutdown_timeout = \"10s\"\n\
              [spool]\npath = \"{spool}\"\n[log]\nevents = \"{events}\"\n\
              [http]\nlisten = \"{http_host}:{http_port}\"\n\
              {extra}\n",

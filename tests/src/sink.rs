@@ -181,6 +181,12 @@ impl SinkHandle {
         self.shared.max_concurrent.load(Ordering::SeqCst)
     }
 
+    /// Start counting the peak of concurrent sessions again from the sessions open now (phases of a test).
+    pub fn reset_max_concurrent(&self) {
+        let now = self.shared.current.load(Ordering::SeqCst);
+        self.shared.max_concurrent.store(now, Ordering::SeqCst);
+    }
+
     /// Sessions open now.
     pub fn current_connections(&self) -> usize {
         self.shared.current.load(Ordering::SeqCst)

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`backpressure`]: the health monitor and the `healthy → degraded → shedding` state intake paths read.
 //! - [`bounce`]: bounce classification (SparkPost classes) from replies.
+//! - [`cluster`]: fleet-wide limits and the cluster view on a shared Redis (optional).
 //! - [`delivery`]: the scheduler, site ready queues, outbound connections, retries and DSNs.
 //! - [`dns`]: the bounded, cached, coalescing resolver pool.
 //! - [`engine`]: [`Engine`] — open the spool, inject messages durably, emit events, shut down.
@@ -58,6 +59,7 @@
 pub mod auth;
 pub mod backpressure;
 pub mod bounce;
+pub mod cluster;
 pub mod delivery;
 pub mod dns;
 pub mod engine;

@@ -5,9 +5,10 @@
 //! queued. SIGHUP reopens the event log.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
+use mta_core::cluster::{Cluster, NodeStatus, StatusFn};
 use mta_core::{Engine, EngineConfig};
 use mta_smtp::{ConnectionLimits, ListenerOptions, SessionConfig};
 use tokio::net::TcpListener;
@@ -36,7 +37,16 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Run the server until SIGTERM/SIGINT, then stop gracefully.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::telemetry::init_metrics()?;
-    let (engine, report) = Engine::open(EngineConfig::from(&config)).await.context("cannot open the spool")?;
+    // The cluster starts before the engine (delivery takes its limits from the start); its heartbeat reads
+    // the engine once it is open.
+    let opened: Arc<OnceLock<Engine>> = Arc::new(OnceLock::new());
+    let cluster = start_cluster(&config, opened.clone())?;
+    let mut engine_config = EngineConfig::from(&config);
+    if let Some(c) = &cluster {
+        engine_config.delivery.fleet = Some(mta_core::delivery::Fleet(c.clone()));
+    }
+    let (engine, report) = Engine::open(engine_config).await.context("cannot open the spool")?;
+    let _ = opened.set(engine.clone());
     tracing::info!(
         messages = report.messages,
         quarantined = report.quarantined.len(),
@@ -89,8 +99,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let http_listener = bind(config.http.listen, "HTTP").await?;
     tracing::info!(addr = %config.http.listen, "HTTP listening");
-    let http_state =
-        HttpState::new(engine.clone(), &config, prometheus, preflight.clone())?.with_backpressure(backpressure);
+    let http_state = HttpState::new(engine.clone(), &config, prometheus, preflight.clone())?
+        .with_backpressure(backpressure)
+        .with_cluster(cluster.clone());
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(http::serve(http_listener, http_state, async move {
         let _ = http_shutdown.wait_for(|stop| *stop).await;
@@ -119,6 +130,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Deliveries get what is left of the shutdown budget to finish and record their results.
     let left = config.server.shutdown_timeout.get().saturating_sub(stop_started.elapsed());
     engine.shutdown_within(left.max(std::time::Duration::from_secs(1))).await;
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Join the fleet's Redis when `cluster.redis_url` is set; the heartbeat reports the engine's state and queue.
+fn start_cluster(config: &Config, engine: Arc<OnceLock<Engine>>) -> anyhow::Result<Option<Arc<Cluster>>> {
+    let Some(cluster) = config.cluster.to_core(&config.server.node_id) else { return Ok(None) };
+    let status: StatusFn = Arc::new(move || match engine.get() {
+        Some(e) => NodeStatus {
+            state: e.backpressure().state().as_str().to_string(),
+            queued: e
+                .delivery()
+                .summary()
+                .iter()
+                .map(|r| r.counts.scheduled + r.counts.ready + r.counts.in_flight + r.counts.held)
+                .sum(),
+        },
+        None => NodeStatus { state: "healthy".to_string(), queued: 0 },
+    });
+    tracing::info!(name = %cluster.name, "fleet-wide limits on Redis");
+    Ok(Some(Cluster::start(cluster, status)?))
 }

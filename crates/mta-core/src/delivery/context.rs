@@ -60,6 +60,10 @@ impl Context {
         let cfg = Arc::new(cfg);
         let timers = Arc::new(Timers::new(cfg.enabled, cfg.pools.keys().cloned()));
         let recorder = Arc::new(Recorder::new(spool.clone(), events, timers.clone(), cfg.clone(), hostname, clock));
+        let sites = Sites::default();
+        if let Some(fleet) = &cfg.fleet {
+            sites.set_fleet(fleet.0.clone());
+        }
         let kib = (cfg.max_inflight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Context {
             conn_permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
@@ -70,7 +74,7 @@ impl Context {
             spool,
             resolver,
             transport,
-            sites: Sites::default(),
+            sites,
             timers,
             recorder,
             stopping: AtomicBool::new(false),

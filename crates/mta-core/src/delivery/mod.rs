@@ -12,6 +12,7 @@
 //!   the timers and a clock (`context` holds them with the global limits).
 //! - `transport`: the seam to the wire (SMTP in the engine, a scripted receiver in the runtime's tests);
 //!   `clock`: wall and monotonic time (tokio's paused clock in tests).
+//! - [`fleet`]: the seam to limits shared by a fleet (connection leases, send tokens); none by default.
 //! - `runtime`: the async driver — the timer loop, DNS, dispatch within limits, graceful stop.
 //! - `plan`: next hops from the MX plan or a configured route; the site name.
 //! - `tls`: the destination's MTA-STS policy applied to its next hops (which MX, verified TLS).
@@ -52,6 +53,7 @@
 //! (`recorder`) are async mutexes, held across the commit and taken before any of the above.
 
 pub mod dsn;
+pub mod fleet;
 pub(crate) mod ids;
 pub(crate) mod plan;
 pub(crate) mod scheduler;
@@ -77,6 +79,7 @@ use std::time::Duration;
 use crate::tls_policy::MtaStsSetting;
 
 pub use context::HoldCheck;
+pub use fleet::{FleetFuture, FleetLimits};
 pub use runtime::Delivery;
 pub use scheduler::{QueueCounts, QueueRow};
 
@@ -154,6 +157,19 @@ pub struct DeliveryConfig {
     pub mta_sts_port: u16,
     /// Extra PEM roots for verified outbound TLS and policy fetches.
     pub tls_ca_file: Option<PathBuf>,
+    /// Limits shared with a fleet (`None`: this node's limits are its own): per-site connection caps and
+    /// rates become fleet totals.
+    pub fleet: Option<Fleet>,
+}
+
+/// A handle on fleet-wide limits as the config carries it.
+#[derive(Clone)]
+pub struct Fleet(pub std::sync::Arc<dyn FleetLimits>);
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fleet")
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -183,6 +199,7 @@ impl Default for DeliveryConfig {
             mta_sts: MtaStsSetting::default(),
             mta_sts_port: crate::tls_policy::DEFAULT_MTA_STS_PORT,
             tls_ca_file: None,
+            fleet: None,
         }
     }
 }

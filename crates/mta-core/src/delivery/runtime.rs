@@ -28,6 +28,8 @@ use crate::Response;
 const POP_BATCH: usize = 4096;
 /// DNS resolutions of due domains running at once; the timer loop waits for room rather than piling up.
 const MAX_RESOLVING: usize = 1024;
+/// How soon a site the fleet granted no lease asks again.
+const LEASE_RETRY: Duration = Duration::from_millis(100);
 /// How often ready and held work is checked against `max_age`.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -358,10 +360,30 @@ pub(crate) fn dispatch(ctx: &Arc<Context>, key: &SiteKey) {
             connection_ended(&ctx, &key);
         });
     }
+    if let Some((want, limit)) = plan.ask_leases {
+        ask_leases(ctx, key, want, limit);
+    }
     if let Some(probe_at) = plan.probe_at {
         let due = ctx.clock.now_ms() + probe_at.saturating_duration_since(now).as_millis() as u64;
         ctx.timers.reschedule_all(plan.reschedule, State::Ready, due);
     }
+}
+
+/// Ask the fleet for `want` connection leases of `key` in the background; dispatch again with what it grants.
+/// When it grants none (the fleet is at its cap), ask again a little later while the site still wants them.
+fn ask_leases(ctx: &Arc<Context>, key: &SiteKey, want: usize, limit: usize) {
+    let Some(fleet) = ctx.sites.fleet().cloned() else { return };
+    let (ctx, key) = (ctx.clone(), key.clone());
+    tokio::spawn(async move {
+        let got = fleet.acquire(&key.site, limit, want).await;
+        if got == 0 {
+            // Other nodes hold the fleet's leases; theirs come back as their connections close.
+            let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+            tokio::time::sleep(LEASE_RETRY + jitter).await;
+        }
+        ctx.sites.leases_granted(&key, got);
+        dispatch(&ctx, &key);
+    });
 }
 
 fn connection_ended(ctx: &Arc<Context>, key: &SiteKey) {

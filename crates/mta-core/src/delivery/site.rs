@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use mta_spool::Priority;
 
+use super::fleet::SiteFleet;
 use super::plan::NextHops;
 use super::scheduler::Work;
 
@@ -70,11 +71,13 @@ pub struct Site {
     pub circuit: Circuit,
     tokens: f64,
     last_refill: Instant,
+    /// Leases and tokens from the fleet, when limits are fleet-wide.
+    pub(crate) fleet: SiteFleet,
 }
 
 impl Site {
-    /// A site for `hops` with `limits`.
-    pub fn new(hops: Arc<NextHops>, limits: SiteLimits, now: Instant) -> Site {
+    /// A site for `hops` with `limits` (fleet-wide ones when `fleet`).
+    pub fn new(hops: Arc<NextHops>, limits: SiteLimits, now: Instant, fleet: bool) -> Site {
         Site {
             hops,
             transactional: VecDeque::new(),
@@ -88,6 +91,7 @@ impl Site {
             circuit: Circuit::Closed,
             tokens: limits.rate.map(|r| r.max(1.0)).unwrap_or(0.0),
             last_refill: now,
+            fleet: SiteFleet::new(fleet),
         }
     }
 
@@ -165,7 +169,13 @@ impl Site {
         if self.is_empty() {
             return None;
         }
-        if let Some(rate) = self.limits.rate {
+        if self.limits.rate.is_some() && self.fleet.on {
+            // Fleet-wide rate: only tokens the fleet granted (asked for by `Sites::next_work`).
+            if self.fleet.tokens == 0 {
+                return None;
+            }
+            self.fleet.tokens -= 1;
+        } else if let Some(rate) = self.limits.rate {
             let elapsed = now.saturating_duration_since(self.last_refill).as_secs_f64();
             self.last_refill = now;
             self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
@@ -180,6 +190,7 @@ impl Site {
     /// How long until the rate limit lets the next message go (zero when not limited).
     pub fn rate_wait(&self) -> Duration {
         match self.limits.rate {
+            Some(_) if self.fleet.on => Duration::ZERO,
             Some(rate) if self.tokens < 1.0 => Duration::from_secs_f64((1.0 - self.tokens) / rate),
             _ => Duration::ZERO,
         }
@@ -219,7 +230,7 @@ mod tests {
 
     fn site(connections: usize, rate: Option<f64>) -> Site {
         let hops = Arc::new(NextHops { name: "mx.test".into(), hosts: vec![], tls: Default::default() });
-        Site::new(hops, SiteLimits { connections, messages_per_connection: 10, rate }, Instant::now())
+        Site::new(hops, SiteLimits { connections, messages_per_connection: 10, rate }, Instant::now(), false)
     }
 
     fn work(priority: Priority) -> Work {

@@ -323,3 +323,116 @@ async fn graceful_stop_finishes_the_message_on_the_wire_and_keeps_the_rest() {
         assert!(h.spool.get(id).await.unwrap().is_some(), "the rest stay queued in the spool");
     }
 }
+
+/// A fleet where other nodes hold `others` of every site's leases; it counts what this node holds.
+#[derive(Default)]
+struct FakeFleet {
+    others: AtomicUsize,
+    held: Mutex<usize>,
+    peak: AtomicUsize,
+    asks: AtomicUsize,
+    tokens: AtomicUsize,
+}
+
+impl FakeFleet {
+    fn with_others(others: usize) -> Arc<FakeFleet> {
+        Arc::new(FakeFleet { others: AtomicUsize::new(others), ..FakeFleet::default() })
+    }
+}
+
+impl super::FleetLimits for FakeFleet {
+    fn acquire(&self, _site: &str, limit: usize, want: usize) -> super::FleetFuture<usize> {
+        self.asks.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.held.lock();
+        let granted = want.min(limit.saturating_sub(self.others.load(Ordering::SeqCst) + *held));
+        *held += granted;
+        self.peak.fetch_max(*held, Ordering::SeqCst);
+        Box::pin(async move { granted })
+    }
+
+    fn release(&self, _site: &str, n: usize) {
+        let mut held = self.held.lock();
+        assert!(*held >= n, "released more leases than were granted");
+        *held -= n;
+    }
+
+    fn tokens(&self, _site: &str, _rate: f64, want: usize) -> super::FleetFuture<(usize, Duration)> {
+        // Two sends per grant, then nothing for a second: the fleet's rate, whatever this node's config says.
+        let n = self.tokens.fetch_add(1, Ordering::SeqCst);
+        let granted = if n.is_multiple_of(2) { want.min(2) } else { 0 };
+        Box::pin(async move { (granted, Duration::from_secs(1)) })
+    }
+}
+
+fn fleet_of(fleet: &Arc<FakeFleet>) -> Option<super::Fleet> {
+    Some(super::Fleet(fleet.clone()))
+}
+
+/// Wait (virtual time) until the fleet has every lease back.
+async fn leases_returned(h: &Harness, fleet: &FakeFleet) {
+    for _ in 0..100 {
+        if *fleet.held.lock() == 0 && h.delivery.connections() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(*fleet.held.lock(), 0, "leases held after the queue emptied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fleet_leases_cap_connections_and_all_come_back() {
+    let fleet = FakeFleet::with_others(2);
+    let cfg =
+        DeliveryConfig { connections_per_site: 4, messages_per_connection: 3, fleet: fleet_of(&fleet), ..config() };
+    let mut h = Harness::new(cfg).await;
+    *h.rx.send_delay.lock() = Duration::from_millis(200);
+    for n in 0..60 {
+        h.inject(n, &format!("r{n}@d.test")).await;
+    }
+    h.start();
+    h.results(60).await;
+    let connects = h.rx.connects.lock().clone();
+    let peak = connects.iter().map(|(_, open)| *open).max().unwrap_or(0);
+    assert_eq!(peak, 2, "4 fleet-wide, 2 held by other nodes: {connects:?}");
+    assert_eq!(fleet.peak.load(Ordering::SeqCst), 2);
+    leases_returned(&h, &fleet).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_site_waits_for_a_fleet_lease_then_delivers() {
+    // The whole fleet cap is held elsewhere: nothing opens until another node lets one go.
+    let fleet = FakeFleet::with_others(2);
+    let mut h = Harness::new(DeliveryConfig { connections_per_site: 2, fleet: fleet_of(&fleet), ..config() }).await;
+    h.inject(1, "r@d.test").await;
+    h.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.rx.connects.lock().is_empty(), "no lease, no connection");
+    assert!(fleet.asks.load(Ordering::SeqCst) >= 2, "asked again while waiting");
+    fleet.others.store(1, Ordering::SeqCst);
+    let events = h.results(1).await;
+    assert_eq!(events[0].kind, EventType::Delivery);
+    assert_eq!(h.rx.connects.lock().len(), 1);
+    leases_returned(&h, &fleet).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fleet_rate_spends_only_granted_tokens() {
+    let shaping = super::Shaping {
+        domain: "d.test".into(),
+        connections: Some(2),
+        messages_per_connection: None,
+        // Locally this would send all ten at once; the fleet grants two per second.
+        rate: Some(100.0),
+    };
+    let fleet = FakeFleet::with_others(0);
+    let mut h = Harness::new(DeliveryConfig { shaping: vec![shaping], fleet: fleet_of(&fleet), ..config() }).await;
+    for n in 0..10 {
+        h.inject(n, "r@d.test").await;
+    }
+    h.start();
+    h.results(10).await;
+    assert_eq!(h.subjects().len(), 10);
+    // 5 grants of 2 with a second's wait between them (connections idle out and reopen meanwhile).
+    assert!(h.elapsed() >= Duration::from_secs(4), "{:?}", h.elapsed());
+    leases_returned(&h, &fleet).await;
+}

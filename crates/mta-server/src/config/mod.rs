@@ -11,12 +11,13 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `bounce`, `log`, `debug`, `webhook`, `outbox`: the sections.
+//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `outbox`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod auth;
 mod backpressure;
 mod bounce;
+mod cluster;
 mod debug;
 mod delivery;
 mod dkim;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::backpressure::BackpressureSection;
 pub use self::bounce::BounceSection;
+pub use self::cluster::ClusterSection;
 pub use self::debug::DebugSection;
 pub use self::delivery::{DeliverySection, PoolSection};
 pub use self::dkim::{DkimKey, DkimSection, PreflightMismatch};
@@ -82,6 +84,8 @@ pub struct Config {
     pub backpressure: BackpressureSection,
     /// Bounce classification rules of our own.
     pub bounce: BounceSection,
+    /// Fleet-wide limits on a shared Redis.
+    pub cluster: ClusterSection,
     /// Logs and the delivery event log.
     pub log: LogSection,
     /// Test-only switches.
@@ -180,6 +184,7 @@ impl Config {
         for (n, w) in self.webhook.iter().enumerate() {
             w.check(n)?;
         }
+        self.cluster.check()?;
         Ok(())
     }
 

@@ -26,6 +26,7 @@
 mod auth;
 mod body;
 pub mod client;
+mod cluster;
 mod content;
 mod debug;
 mod error;
@@ -101,6 +102,8 @@ struct Inner {
     preflight: Option<Arc<mta_core::auth::Preflight>>,
     /// The node's health state: injections get `503` while shedding, `/health/ready` fails.
     backpressure: Backpressure,
+    /// Membership in a fleet on Redis (`GET /api/v1/cluster`).
+    cluster: Option<Arc<mta_core::cluster::Cluster>>,
 }
 
 /// Shared state of every HTTP handler; cheap to clone.
@@ -145,6 +148,7 @@ impl HttpState {
             injecting: AtomicUsize::new(0),
             preflight,
             backpressure: Backpressure::disabled(),
+            cluster: None,
             engine,
             prometheus,
         };
@@ -156,6 +160,17 @@ impl HttpState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.backpressure = backpressure,
             None => tracing::error!("HttpState::with_backpressure called after the state was shared; ignored"),
+        }
+        self
+    }
+}
+
+impl HttpState {
+    /// Answer `GET /api/v1/cluster` from `cluster` (before the state is shared).
+    pub fn with_cluster(mut self, cluster: Option<Arc<mta_core::cluster::Cluster>>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.cluster = cluster,
+            None => tracing::error!("HttpState::with_cluster called after the state was shared; ignored"),
         }
         self
     }
