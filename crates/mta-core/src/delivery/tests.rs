@@ -359,7 +359,7 @@ impl super::FleetLimits for FakeFleet {
     fn tokens(&self, _site: &str, _rate: f64, want: usize) -> super::FleetFuture<(usize, Duration)> {
         // Two sends per grant, then nothing for a second: the fleet's rate, whatever this node's config says.
         let n = self.tokens.fetch_add(1, Ordering::SeqCst);
-        let granted = if n % 2 == 0 { want.min(2) } else { 0 };
+        let granted = if n.is_multiple_of(2) { want.min(2) } else { 0 };
         Box::pin(async move { (granted, Duration::from_secs(1)) })
     }
 }
