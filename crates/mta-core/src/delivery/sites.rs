@@ -231,6 +231,7 @@ impl Sites {
         let mut idle = false;
         let work = loop {
             let now = Instant::now();
+            let stop = stopping();
             let (work, rate_wait, wake, ask) = match self.map.lock().get_mut(key) {
                 Some(site) => {
                     let w = site.pop(now);
@@ -241,12 +242,14 @@ impl Sites {
                         site.idle += 1;
                         idle = true;
                     }
-                    let (ask, wait) = token_need(site, w.is_some(), now);
+                    // Only a connection that will go on waiting may take the ask (else nobody would make it).
+                    let waits = w.is_none() && now < deadline && !stop;
+                    let (ask, wait) = if waits { token_need(site, now) } else { (None, Duration::ZERO) };
                     (w, site.rate_wait().max(wait), Some(site.work_ready.clone()), ask)
                 }
                 None => (None, Duration::ZERO, None, None),
             };
-            if work.is_some() || stopping() || now >= deadline {
+            if work.is_some() || stop || now >= deadline {
                 break work;
             }
             let left = deadline - now;
@@ -327,11 +330,12 @@ impl Sites {
     }
 }
 
-/// Whether a connection that found no work on `site` should ask the fleet for tokens (the rate, with
-/// `asking_tokens` set), or else how long to wait for another connection's request or the fleet's next token.
-fn token_need(site: &mut Site, got_work: bool, now: Instant) -> (Option<f64>, Duration) {
+/// Whether a connection that found no work on `site` and waits for some should ask the fleet for tokens (the
+/// rate, with `asking_tokens` set: the caller must ask), or else how long to wait for another connection's
+/// request or the fleet's next token.
+fn token_need(site: &mut Site, now: Instant) -> (Option<f64>, Duration) {
     let rate = match site.limits.rate {
-        Some(rate) if site.fleet.on && !got_work && site.fleet.tokens == 0 && !site.is_empty() => rate,
+        Some(rate) if site.fleet.on && site.fleet.tokens == 0 && !site.is_empty() => rate,
         _ => return (None, Duration::ZERO),
     };
     let f = &mut site.fleet;
