@@ -20,8 +20,30 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound then released; good enough for tests).
+/// A free loopback port, never the same twice in one test process.
+///
+/// Ports come from below the kernel's ephemeral range (32768+), so a port handed out here cannot be taken
+/// meanwhile by some process's outgoing connection, and from a counter that starts at an offset derived from
+/// the process id, so test binaries running side by side start far apart. Asking the kernel for port 0 is
+/// not enough: two calls in a row can return the same port once the first listener is dropped (CI saw the
+/// SMTP and HTTP listeners of one server get the same port).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(2_654_435_761)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

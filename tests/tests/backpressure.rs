@@ -28,7 +28,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn sink_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port()
+    mta_tests::free_port()
 }
 
 /// Marks that keep the signals not under test out of the way (shared CPUs, shared disk).

@@ -123,7 +123,7 @@ async fn real_provider_replies_at_every_stage_land_in_their_classes() {
     for at in [At::Greeting, At::Mail, At::Rcpt, At::DataEnd] {
         assert!(table.iter().any(|c| c.at == at), "{at:?} has cases");
     }
-    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let port = mta_tests::free_port();
     let zone = TestZone::new("test")
         .mail_domain("rcpt.test", &[(10, "mx.rcpt.test", ip("127.0.0.2"))])
         .mail_domain("mail.test", &[(10, "mx.mail.test", ip("127.0.0.3"))])

@@ -13,7 +13,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// A port free on 127.0.0.2 (the sinks of one test share it on different loopback addresses).
 fn sink_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port()
+    mta_tests::free_port()
 }
 
 struct Env {

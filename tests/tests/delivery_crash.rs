@@ -11,7 +11,7 @@ use mta_tests::{queued_id, RawSmtp, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_during_delivery_loses_nothing() {
-    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let port = mta_tests::free_port();
     let mut zone = TestZone::new("test");
     for i in 0..5 {
         zone = zone.mail_domain(

@@ -20,9 +20,9 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// A free port on 127.0.0.2 (sinks of one test share it on different loopback addresses).
+/// A free port (sinks of one test share it on different loopback addresses).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port()
+    mta_tests::free_port()
 }
 
 /// A test certificate authority; leaf certificates as (chain PEM, key PEM).

@@ -80,7 +80,7 @@ fn offline_tools_refuse_a_spool_in_use_and_sighup_reopens_the_event_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_stop_lets_in_flight_deliveries_finish_and_records_them() {
-    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let port = mta_tests::free_port();
     let zone = TestZone::new("test").mail_domain("slow.test", &[(10, "mx.slow.test", "127.0.0.2".parse().unwrap())]);
     let dns = TestDnsServer::start(vec![zone]).await.unwrap();
     let slow = SinkHandle::start(

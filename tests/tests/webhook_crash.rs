@@ -139,7 +139,7 @@ async fn webhook_gets_every_event_across_two_kill9() {
     let dir = tmp.path().to_path_buf();
     let receiver = Receiver::start(&dir);
 
-    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let port = mta_tests::free_port();
     let mut zone = TestZone::new("test");
     for i in 0..3 {
         zone = zone.mail_domain(
