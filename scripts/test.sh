@@ -46,4 +46,4 @@ fi
 
 # The end-to-end tests start the real binary: build it first so they find it next to the test executables.
 cargo build --workspace --bins
-cargo test --workspace -- "$@"
+cargo test --workspace --no-fail-fast -- "$@"
