@@ -266,4 +266,58 @@ mod tests {
         assert_eq!(parse_age_key(&b), Some((2_000, &b"aaa"[..])));
         assert_eq!(parse_age_key(b"history/t/x"), None);
     }
+
+    fn finished(i: u64, at_ms: u64) -> HistoryRecord {
+        HistoryRecord {
+            id: format!("id{i}"),
+            sender: "s@x.test".into(),
+            received_at_ms: at_ms.saturating_sub(10),
+            finished_at_ms: at_ms,
+            tenant: None,
+            pool: None,
+            priority: Priority::default(),
+            recipients: vec![RecipientOutcome {
+                address: "r@y.test".into(),
+                domain: "y.test".into(),
+                state: RecipientState::Delivered,
+                attempts: 1,
+                last_reply: Some("250 ok".into()),
+                bounce_class: None,
+            }],
+        }
+    }
+
+    async fn kept(spool: &Spool, i: u64) -> bool {
+        spool.aux_get(&record_key(&format!("id{i}"))).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn prunes_by_age_then_the_oldest_beyond_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_async(mta_spool::SpoolConfig::new(dir.path(), "n")).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let h = History::open_blocking(&spool, HistoryConfig { retention: hour, max_bytes: u64::MAX }).unwrap();
+        let now = now_ms();
+        // Three finished two hours ago, five a second ago (oldest first).
+        for i in 0..8 {
+            let at = if i < 3 { now - 2 * 3600 * 1000 + i } else { now - 1000 + i };
+            let (ops, bytes) = h.record_ops(&finished(i, at));
+            spool.commit(ops).await.unwrap();
+            h.added(bytes);
+        }
+        assert_eq!(h.prune_once(&spool).await.unwrap(), 3, "older than the retention");
+        assert!(!kept(&spool, 2).await && kept(&spool, 3).await);
+        assert_eq!(h.prune_once(&spool).await.unwrap(), 0, "nothing more to prune");
+
+        // Reopened: the byte count is rebuilt from what is stored; a bound of two entries keeps the newest two.
+        let per_entry = h.bytes() / 5;
+        let h2 = History::open_blocking(&spool, HistoryConfig { retention: hour, max_bytes: per_entry * 2 }).unwrap();
+        assert_eq!(h2.bytes(), h.bytes());
+        assert_eq!(h2.prune_once(&spool).await.unwrap(), 3, "oldest beyond the byte bound");
+        assert!(!kept(&spool, 5).await && kept(&spool, 6).await && kept(&spool, 7).await);
+        assert_eq!(h2.bytes(), per_entry * 2);
+        let got = h2.get(&spool, &QueueId::parse("id7").unwrap()).await.unwrap().unwrap();
+        assert_eq!(got, finished(7, got.finished_at_ms));
+        spool.close().await;
+    }
 }
