@@ -12,6 +12,8 @@ command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
 [ -x /usr/sbin/opendkim ] || need_apt+=(opendkim opendkim-tools)
 # tests/tests/fleet_redis.rs: a real Redis shared by three nodes (started by the test, no persistence).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# tests/tests/amqp_crash.rs: a real RabbitMQ broker (started by the test on its own ports and data dirs).
+[ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "installing test tools: ${need_apt[*]}"

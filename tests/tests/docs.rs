@@ -41,7 +41,8 @@ fn configuration_doc_names_every_key_check_config_prints() {
          [[shaping]]\ndomain = \"example.net\"\nconnections = 2\nmessages_per_connection = 5\nrate = \"10/s\"\n\
          [[route]]\ndomain = \"*\"\nrelay = \"127.0.0.1:25\"\n\
          [[dkim.key]]\ndomain = \"example.org\"\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\nkey_file = \"{}\"\n\
-         [[webhook]]\nname = \"app\"\nurl = \"https://app.example/hook\"\nsecret = \"s\"\n",
+         [[webhook]]\nname = \"app\"\nurl = \"https://app.example/hook\"\nsecret = \"s\"\n\
+         [[amqp]]\nname = \"broker\"\nurl = \"amqp://u:p@127.0.0.1:5672/%2f\"\nexchange = \"mta\"\n",
         key.display()
     );
     let path = dir.path().join("c.toml");

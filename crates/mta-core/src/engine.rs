@@ -19,6 +19,7 @@ use crate::dns::{DnsConfig, Resolver};
 use crate::error::{EngineError, InjectError};
 use crate::events::{event_id, now_rfc3339, Event, EventLog, EventType};
 use crate::export::{ExportConfig, Exporters};
+use crate::history::{History, HistoryConfig, HistoryRecord};
 use crate::incoming::{BodyBudget, Incoming};
 use crate::reception::{check_address, received_header, Protocol};
 
@@ -64,6 +65,8 @@ pub struct EngineConfig {
     pub source_addresses: Vec<IpAddr>,
     /// Event export (`[[webhook]]`) and the outbox's bound; none by default.
     pub export: ExportConfig,
+    /// How long and how much of finished messages' outcomes is kept (`[history]`).
+    pub history: HistoryConfig,
 }
 
 /// Default [`EngineConfig::memory_per_message`]: 256 KiB.
@@ -93,6 +96,7 @@ impl EngineConfig {
             hold_on_preflight_mismatch: false,
             source_addresses: Vec::new(),
             export: ExportConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -212,6 +216,8 @@ struct Inner {
     backpressure: Backpressure,
     /// Event exporters (their health).
     exporters: Exporters,
+    /// Final outcomes of finished messages.
+    history: Arc<History>,
     /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor): stopped at shutdown.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -256,7 +262,15 @@ impl Engine {
         let config_budget = config.body_memory_budget;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let spool = Spool::open_async(spool_config).await?;
+        let history = {
+            let (spool, history_config) = (spool.clone(), config.history);
+            tokio::task::spawn_blocking(move || History::open_blocking(&spool, history_config))
+                .await
+                .map_err(|e| EngineError::Join(e.to_string()))??
+        };
+        let history = Arc::new(history);
         let mut delivery_config = config.delivery.clone();
+        delivery_config.history = Some(history.clone());
         if !delivery_config.own_names.iter().any(|n| n.eq_ignore_ascii_case(&config.hostname)) {
             delivery_config.own_names.push(config.hostname.clone());
         }
@@ -284,6 +298,7 @@ impl Engine {
         }
         // Exporters read what the outbox holds (from before a crash too) and what commits append from now on.
         let (exporters, mut tasks) = crate::export::start(&spool, &config.export)?;
+        tasks.push(tokio::spawn(history.clone().prune(spool.clone())));
         // Mail authentication resolves through our resolver pool: SPF (our evaluator) directly, mail-auth's
         // DKIM/DMARC/ARC through a loopback stub of it, so all share our cache and our caps; it runs only when
         // something needs it.
@@ -341,6 +356,7 @@ impl Engine {
                 preflight,
                 backpressure,
                 exporters,
+                history,
                 tasks: parking_lot::Mutex::new(tasks),
             }),
         };
@@ -370,6 +386,11 @@ impl Engine {
     /// The event log (subscribe for delivery events).
     pub fn events(&self) -> &EventLog {
         &self.inner.events
+    }
+
+    /// The final outcomes of message `id` once it is finished and gone from the spool, while history keeps them.
+    pub async fn history(&self, id: &QueueId) -> Result<Option<HistoryRecord>, EngineError> {
+        Ok(self.inner.history.get(&self.inner.spool, id).await?)
     }
 
     /// The event exporters (endpoint health).

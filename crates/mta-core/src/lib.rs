@@ -68,6 +68,7 @@ pub mod events;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod incoming;
 pub mod metrics_catalog;
 pub mod reception;

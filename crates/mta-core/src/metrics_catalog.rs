@@ -60,6 +60,8 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_export_outbox_oldest_age_seconds", kind: MetricKind::Gauge, unit: Some(metrics::Unit::Seconds), help: "Age of the oldest event in the outbox (0 when empty)." },
     MetricDoc { name: "mta_export_retried_total", kind: MetricKind::Counter, unit: None, help: "Events sent again after a failed request, by endpoint." },
     MetricDoc { name: "mta_export_sent_total", kind: MetricKind::Counter, unit: None, help: "Events confirmed (2xx) by an export endpoint, by endpoint." },
+    MetricDoc { name: "mta_history_bytes", kind: MetricKind::Gauge, unit: Some(metrics::Unit::Bytes), help: "Bytes of message history kept for status lookups of finished messages (bounded by history.max_bytes)." },
+    MetricDoc { name: "mta_history_pruned_total", kind: MetricKind::Counter, unit: None, help: "Finished messages dropped from the history (older than history.retention, or the oldest beyond history.max_bytes)." },
     MetricDoc { name: "mta_dkim_sign_seconds", kind: MetricKind::Histogram, unit: Some(metrics::Unit::Seconds), help: "Time to DKIM-sign one message (all its signatures)." },
     MetricDoc { name: "mta_dkim_signatures_total", kind: MetricKind::Counter, unit: None, help: "DKIM signatures made, by algorithm." },
     MetricDoc { name: "mta_dns_answers_total", kind: MetricKind::Counter, unit: None, help: "Answers from DNS upstreams, by upstream and response code." },

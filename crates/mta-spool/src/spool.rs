@@ -377,6 +377,25 @@ impl Spool {
             .collect()
     }
 
+    /// Up to `limit` aux entries whose key starts with `prefix` and sorts after `after` (or from the first when
+    /// `None`), in key order (blocking). Lets a caller walk a large prefix in bounded steps.
+    pub fn aux_range(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<AuxEntry>, SpoolError> {
+        let index = self.shared().index()?;
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_vec()),
+            None => std::ops::Bound::Included(prefix.to_vec()),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in index.aux.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            let (k, v) = item.map_err(|e| SpoolError::sled("scan aux keys", e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` durable outbox entries with a sequence above `after`, oldest first (blocking).
     pub fn outbox_read(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
         let shared = self.shared();

@@ -160,6 +160,8 @@ pub struct DeliveryConfig {
     /// Limits shared with a fleet (`None`: this node's limits are its own): per-site connection caps and
     /// rates become fleet totals.
     pub fleet: Option<Fleet>,
+    /// Where finished messages' outcomes are kept for status lookups (`None`: not kept). The engine sets it.
+    pub history: Option<std::sync::Arc<crate::history::History>>,
 }
 
 /// A handle on fleet-wide limits as the config carries it.
@@ -200,6 +202,7 @@ impl Default for DeliveryConfig {
             mta_sts_port: crate::tls_policy::DEFAULT_MTA_STS_PORT,
             tls_ca_file: None,
             fleet: None,
+            history: None,
         }
     }
 }

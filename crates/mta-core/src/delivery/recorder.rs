@@ -280,7 +280,15 @@ impl Recorder {
             ops.push(Op::Put { record: d.clone(), body: bytes.into() });
             dsn = Some(d);
         }
+        let mut history_bytes = 0;
         if rec.is_done() {
+            // The final outcomes outlive the record: written in the same commit that removes it.
+            if let Some(history) = &self.cfg.history {
+                let entry = crate::history::HistoryRecord::of(&rec, now, &self.cfg.classifier);
+                let (history_ops, bytes) = history.record_ops(&entry);
+                ops.extend(history_ops);
+                history_bytes = bytes;
+            }
             ops.push(Op::Remove { id: id.clone() });
         } else {
             ops.push(Op::Update { record: rec });
@@ -291,6 +299,9 @@ impl Recorder {
             tracing::error!(%id, error = %e, "cannot store delivery result; the attempt will be repeated");
             self.timers.reschedule(w, from, self.clock.now_ms() + 60_000);
             return;
+        }
+        if let (Some(history), true) = (&self.cfg.history, history_bytes > 0) {
+            history.added(history_bytes);
         }
         // Durable: other domains of this message may record theirs while events go out.
         drop(guard);

@@ -5,6 +5,7 @@
 //! - `endpoint`: one endpoint's loop (batches, concurrency cap, retries with backoff, `max_retry_age`) over a
 //!   [`Sink`], and its health.
 //! - `webhook`: the `[[webhook]]` sink (signed JSON-array POSTs over HTTP/1.1, TLS with the system roots).
+//! - `amqp`: the `[[amqp]]` sink (one persistent message per event, publisher confirms, reconnects).
 //! - [`signature`]: the `X-MTA-Signature` header.
 //! - `outbox`: the reaper — forgets what every endpoint confirmed, keeps the outbox within its byte bound,
 //!   publishes metrics.
@@ -12,6 +13,7 @@
 //! Delivery and injection only append to the outbox (inside commits they make anyway); nothing here can slow
 //! them: a dead endpoint makes the outbox grow up to `max_retry_age` and [`ExportConfig::outbox_max_bytes`].
 
+mod amqp;
 mod endpoint;
 mod outbox;
 pub mod signature;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use mta_spool::Spool;
 
+pub use amqp::{redact as redact_url, Amqp, DEFAULT_ROUTING_KEY};
 pub use endpoint::{Endpoint, EndpointSettings, EndpointStatus, Sink, SinkError};
 pub use webhook::Webhook;
 
@@ -95,11 +98,38 @@ impl EndpointSettings {
     }
 }
 
+/// One `[[amqp]]`.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// Broker URL, `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Exchange published to (`""`: the default exchange, routing key = queue name).
+    pub exchange: String,
+    /// Routing key template: `{type}`, `{domain}`, `{tenant}` are replaced by the event's fields.
+    pub routing_key: String,
+    /// How batches are sent (`batch_size` messages are published before waiting for their confirms).
+    pub endpoint: EndpointSettings,
+}
+
+impl AmqpConfig {
+    /// An AMQP endpoint with the contract's defaults, named `name`.
+    pub fn new(name: impl Into<String>, url: impl Into<String>, exchange: impl Into<String>) -> AmqpConfig {
+        AmqpConfig {
+            url: url.into(),
+            exchange: exchange.into(),
+            routing_key: DEFAULT_ROUTING_KEY.into(),
+            endpoint: EndpointSettings::defaults(name),
+        }
+    }
+}
+
 /// Where events are exported, and the outbox's bound.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
     /// `[[webhook]]` endpoints.
     pub webhooks: Vec<WebhookConfig>,
+    /// `[[amqp]]` endpoints.
+    pub amqp: Vec<AmqpConfig>,
     /// The outbox never holds more than this many bytes of events: beyond it the oldest are dropped (counted
     /// in `mta_export_dropped_total{reason="outbox_full"}` and logged).
     pub outbox_max_bytes: u64,
@@ -107,14 +137,16 @@ pub struct ExportConfig {
 
 impl Default for ExportConfig {
     fn default() -> Self {
-        ExportConfig { webhooks: Vec::new(), outbox_max_bytes: DEFAULT_OUTBOX_MAX_BYTES }
+        ExportConfig { webhooks: Vec::new(), amqp: Vec::new(), outbox_max_bytes: DEFAULT_OUTBOX_MAX_BYTES }
     }
 }
 
 impl ExportConfig {
     /// The event types at least one endpoint wants (those are written to the outbox).
     pub fn exported(&self) -> EventTypes {
-        self.webhooks.iter().fold(EventTypes::NONE, |acc, w| acc.union(w.endpoint.events))
+        let webhooks = self.webhooks.iter().map(|w| w.endpoint.events);
+        let amqp = self.amqp.iter().map(|a| a.endpoint.events);
+        webhooks.chain(amqp).fold(EventTypes::NONE, EventTypes::union)
     }
 }
 
@@ -146,6 +178,13 @@ pub fn start(
     for w in &config.webhooks {
         let s = &w.endpoint;
         let sink: Arc<dyn Sink> = Arc::new(Webhook::new(&w.url, &w.secret, s.concurrency, s.timeout)?);
+        let endpoint = Arc::new(Endpoint::new(s.clone()));
+        tasks.push(tokio::spawn(endpoint.clone().run(spool.clone(), sink)));
+        endpoints.push(endpoint);
+    }
+    for a in &config.amqp {
+        let s = &a.endpoint;
+        let sink: Arc<dyn Sink> = Arc::new(Amqp::new(&a.url, &a.exchange, &a.routing_key, s.timeout)?);
         let endpoint = Arc::new(Endpoint::new(s.clone()));
         tasks.push(tokio::spawn(endpoint.clone().run(spool.clone(), sink)));
         endpoints.push(endpoint);

@@ -36,8 +36,10 @@ impl From<&Config> for EngineConfig {
             source_addresses: config.delivery.source_addresses(),
             export: ExportConfig {
                 webhooks: config.webhook.iter().enumerate().map(|(n, w)| w.to_core(n)).collect(),
+                amqp: config.amqp.iter().enumerate().map(|(n, a)| a.to_core(n)).collect(),
                 outbox_max_bytes: config.outbox.max_bytes,
             },
+            history: config.history.to_core(),
             ..EngineConfig::new(config.spool.path.clone())
         }
     }

@@ -11,9 +11,10 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `outbox`: the sections.
+//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `amqp`, `outbox`, `history`: the sections.
 //! - `engine`: the engine's config from the sections.
 
+mod amqp;
 mod auth;
 mod backpressure;
 mod bounce;
@@ -23,6 +24,7 @@ mod delivery;
 mod dkim;
 mod dns;
 mod engine;
+mod history;
 mod http;
 mod listener;
 mod log;
@@ -37,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::amqp::AmqpSection;
 pub use self::backpressure::BackpressureSection;
 pub use self::bounce::BounceSection;
 pub use self::cluster::ClusterSection;
@@ -44,6 +47,7 @@ pub use self::debug::DebugSection;
 pub use self::delivery::{DeliverySection, PoolSection};
 pub use self::dkim::{DkimKey, DkimSection, PreflightMismatch};
 pub use self::dns::DnsSection;
+pub use self::history::HistorySection;
 pub use self::http::{HttpSection, DEFAULT_BODY_MEMORY_WAIT, DEFAULT_MAX_BODY_MEMORY};
 pub use self::listener::{ListenerMode, ListenerSection};
 pub use self::log::{LogFormat, LogSection};
@@ -92,8 +96,12 @@ pub struct Config {
     pub debug: DebugSection,
     /// Event export endpoints: signed, batched JSON POSTs.
     pub webhook: Vec<WebhookSection>,
+    /// Event export to AMQP brokers: one persistent message per event, publisher confirms.
+    pub amqp: Vec<AmqpSection>,
     /// The bound of the outbox the exporters read.
     pub outbox: OutboxSection,
+    /// Finished messages' outcomes kept for status lookups.
+    pub history: HistorySection,
 }
 
 /// A value that parses but makes no sense: the dotted key and what is wrong (sections' checks return it).
@@ -184,7 +192,11 @@ impl Config {
         for (n, w) in self.webhook.iter().enumerate() {
             w.check(n)?;
         }
+        for (n, a) in self.amqp.iter().enumerate() {
+            a.check(n)?;
+        }
         self.cluster.check()?;
+        self.history.check()?;
         Ok(())
     }
 
@@ -205,6 +217,9 @@ impl Config {
         let mut shown = self.clone();
         for hook in &mut shown.webhook {
             hook.secret = REDACTED.to_string();
+        }
+        for broker in &mut shown.amqp {
+            broker.url = mta_core::export::redact_url(&broker.url);
         }
         shown.to_toml()
     }

@@ -1,11 +1,14 @@
 //! `GET /api/v1/messages/{id}`: the state of each recipient, from the spool record.
 //!
-//! A message the spool no longer holds (unknown id, or every recipient done and the record removed) is `404`.
+//! A finished message (every recipient done, the spool record removed) answers from the message history in the
+//! same shape, with final states, while history keeps it (`history.retention`, `history.max_bytes`); an unknown
+//! or forgotten id is `404`.
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mta_core::bounce::Classifier;
+use mta_core::history::HistoryRecord;
 use mta_core::{MessageRecord, Priority, QueueId, RecipientState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -104,11 +107,11 @@ impl From<Priority> for PriorityName {
 
 /// The handler.
 #[utoipa::path(get, path = "/api/v1/messages/{id}", operation_id = "getMessage",
-    summary = "State of each recipient of a queued message.",
+    summary = "State of each recipient of a queued or finished message (finished ones from the history).",
     params(("id" = String, Path, description = "Queue id from the injection answer or the SMTP reply.", max_length = 64)),
     responses(
         (status = 200, description = "The message.", body = MessageStatus),
-        (status = 404, description = "No such message in the spool (unknown, or finished and removed).", body = ErrorBody),
+        (status = 404, description = "No such message: unknown, or finished longer ago than the history keeps.", body = ErrorBody),
         (status = 503, description = "Spool unavailable (`spool_unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
@@ -126,7 +129,39 @@ async fn lookup(state: &HttpState, id: &str) -> Result<MessageStatus, ApiError> 
         tracing::error!(error = %e, %id, "status lookup failed");
         ApiError::unavailable("spool_unavailable", "the spool could not be read; retry later", 5)
     })?;
-    record.map(|r| status_of(&r, &state.inner.engine.config().delivery.classifier)).ok_or_else(not_found)
+    if let Some(r) = record {
+        return Ok(status_of(&r, &state.inner.engine.config().delivery.classifier));
+    }
+    let finished = state.inner.engine.history(&queue_id).await.map_err(|e| {
+        tracing::error!(error = %e, %id, "history lookup failed");
+        ApiError::unavailable("spool_unavailable", "the spool could not be read; retry later", 5)
+    })?;
+    finished.map(|h| status_of_finished(&h)).ok_or_else(not_found)
+}
+
+/// The status of a finished message from its history: final states, nothing scheduled.
+pub fn status_of_finished(h: &HistoryRecord) -> MessageStatus {
+    MessageStatus {
+        id: h.id.clone(),
+        envelope_sender: h.sender.clone(),
+        received_at: rfc3339_ms(h.received_at_ms),
+        tenant: h.tenant.clone(),
+        pool: h.pool.clone(),
+        priority: h.priority.into(),
+        recipients: h
+            .recipients
+            .iter()
+            .map(|r| RecipientStatus {
+                email: r.address.clone(),
+                domain: r.domain.clone(),
+                state: r.state.into(),
+                attempts: r.attempts,
+                last_reply: r.last_reply.clone(),
+                bounce_class: r.bounce_class,
+                next_attempt_at: None,
+            })
+            .collect(),
+    }
 }
 
 /// RFC 3339 UTC of milliseconds since the epoch.
