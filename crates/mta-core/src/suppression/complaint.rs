@@ -137,7 +137,7 @@ Subject: FW: Earn money\r\n\
 To: <abuse@example.net>\r\n\
 MIME-Version: 1.0\r\n\
 Content-Type: multipart/report; report-type=feedback-report;\r\n\
-     boundary=\"part1_13d.2e68ed54_boundary\"\r\n\
+\x20    boundary=\"part1_13d.2e68ed54_boundary\"\r\n\
 \r\n\
 --part1_13d.2e68ed54_boundary\r\n\
 Content-Type: text/plain; charset=\"US-ASCII\"\r\n\
@@ -160,7 +160,7 @@ Content-Type: message/rfc822\r\n\
 Content-Disposition: inline\r\n\
 \r\n\
 Received: from mailserver.example.net (mailserver.example.net [192.0.2.1])\r\n\
-        by mta.example.com with ESMTP id 0193F5C0A8E3B2D1-node; Thu, 8 Mar 2005 14:00:00 -0400\r\n\
+\x20       by mta.example.com with ESMTP id 0193F5C0A8E3B2D1-node; Thu, 8 Mar 2005 14:00:00 -0400\r\n\
 From: <somespammer@example.net>\r\n\
 To: <Undisclosed Recipients>\r\n\
 Subject: Earn money\r\n\
