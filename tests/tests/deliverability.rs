@@ -199,6 +199,28 @@ async fn suppression_end_to_end() {
         sink.messages().iter().all(|m| !m.recipients.iter().any(|r| r.starts_with("fbl@"))),
         "the feedback report was consumed, not relayed"
     );
+
+    // CSV export and import through the CLI (offline: the server is stopped).
+    tokio::task::block_in_place(|| {
+        server.kill9();
+        let out = server.run_cli(&["suppression", "export"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let csv = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(csv.starts_with("email,reason,tenant,created\n"), "{csv}");
+        assert!(csv.contains("dead@x.test,hard_bounce,,") && csv.contains("t@x.test,unsubscribe,acme,"), "{csv}");
+        let file = tmp.path().join("import.csv");
+        std::fs::write(&file, "email,reason,tenant\nbad-row,manual,\nnew1@x.test,unsubscribe,acme\n").unwrap();
+        let out = server.run_cli(&["suppression", "import", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "a bad row refuses the file");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&file, "email,reason,tenant\nnew1@x.test,unsubscribe,acme\nnew2@x.test,,\n").unwrap();
+        let out = server.run_cli(&["suppression", "import", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        server = TestServer::start_in(tmp.path(), &config, Some(smtp_port), Some(http_port));
+        assert_eq!(get(&server, "/api/v1/suppressions/new1@x.test?tenant=acme").json()["reason"], "unsubscribe");
+        assert_eq!(get(&server, "/api/v1/suppressions/new2@x.test").json()["reason"], "manual");
+        assert_eq!(inject(&server, &["new2@x.test"], Some("acme")).status, 422);
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -109,6 +109,11 @@ impl Suppressions {
         Ok(Suppressions { spool, index: RwLock::new(index) })
     }
 
+    /// A list over `spool` with an empty index: for offline tools that only write or list entries.
+    pub fn empty(spool: Spool) -> Suppressions {
+        Suppressions { spool, index: RwLock::new(Index::default()) }
+    }
+
     /// Bytes the in-memory index holds (its table, spare room included).
     pub fn index_bytes(&self) -> usize {
         // hashbrown: one u64 and one control byte per bucket.
