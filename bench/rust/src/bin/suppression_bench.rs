@@ -57,7 +57,8 @@ async fn round(path: &std::path::Path, messages: u64, concurrency: u64, tag: &st
     config.delivery.enabled = false;
     let (engine, _) = Engine::open(config).await.expect("open engine");
     let entries = engine.suppressions().len();
-    let body = bytes::Bytes::from_static(b"From: a@sender.example\r\nTo: b@x.example\r\nSubject: bench\r\n\r\nHello.\r\n");
+    let body =
+        bytes::Bytes::from_static(b"From: a@sender.example\r\nTo: b@x.example\r\nSubject: bench\r\n\r\nHello.\r\n");
     let started = Instant::now();
     let per_task = messages / concurrency;
     let mut tasks = Vec::new();
@@ -128,7 +129,9 @@ async fn main() {
         hits += u64::from(list.is_suppressed(Some("tenant1"), &format!("nobody{i}@dest.example")));
     }
     let miss_ns = started.elapsed().as_nanos() as f64 / probes as f64;
-    println!("check: {hit_ns:.0} ns per listed address, {miss_ns:.0} ns per unlisted one (incl. formatting; {hits} hits)");
+    println!(
+        "check: {hit_ns:.0} ns per listed address, {miss_ns:.0} ns per unlisted one (incl. formatting; {hits} hits)"
+    );
     drop(list);
     spool.close().await;
 
@@ -136,7 +139,10 @@ async fn main() {
     for r in 0..rounds {
         let (a, _) = round(&none_path, messages, concurrency, &format!("n{r}")).await;
         let (b, listed_entries) = round(&list_path, messages, concurrency, &format!("l{r}")).await;
-        println!("round {r}: no list {a:.0} msg/s; {listed_entries} entries {b:.0} msg/s ({:+.1}%)", (b / a - 1.0) * 100.0);
+        println!(
+            "round {r}: no list {a:.0} msg/s; {listed_entries} entries {b:.0} msg/s ({:+.1}%)",
+            (b / a - 1.0) * 100.0
+        );
         none.push(a);
         full.push(b);
     }
