@@ -372,6 +372,27 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_suspension_holds_until_its_end_then_releases_by_itself() {
+        let mut s = Scheduler::new();
+        let a = work(&mut s, "a.test", 0);
+        s.suspend_until("a.test", 500, "response_rule suspend: 421 4.7.28 x".into());
+        s.schedule(a, 10);
+        assert_eq!(s.next_due(), Some(10));
+        assert!(s.pop_due(20, 10).is_empty(), "held");
+        let row = &s.summary()[0];
+        assert_eq!((row.counts.held, row.suspended_until_ms), (1, Some(500)));
+        assert!(row.suspended_reason.as_deref().is_some_and(|r| r.contains("4.7.28")));
+        assert_eq!(s.next_due(), Some(500), "the timer loop wakes at the end");
+        assert_eq!(s.pop_due(500, 10), vec![a], "released, counted ready");
+        assert!(!s.summary()[0].suspended);
+        // An operator's open-ended suspension is not turned into a timed one.
+        s.suspend("b.test");
+        s.suspend_until("b.test", 600, "rule".into());
+        assert!(s.pop_due(700, 10).is_empty());
+        assert!(s.summary().iter().any(|r| r.domain == "b.test" && r.suspended && r.suspended_until_ms.is_none()));
+    }
+
+    #[test]
     fn suspension_holds_and_expires() {
         let mut s = Scheduler::new();
         let a = work(&mut s, "a.test", 0);
