@@ -22,6 +22,7 @@ use crate::export::{ExportConfig, Exporters};
 use crate::history::{History, HistoryConfig, HistoryRecord};
 use crate::incoming::{BodyBudget, Incoming};
 use crate::reception::{check_address, received_header, Protocol};
+use crate::suppression::Suppressions;
 
 /// How to build an [`Engine`].
 #[derive(Debug, Clone)]
@@ -218,6 +219,8 @@ struct Inner {
     exporters: Exporters,
     /// Final outcomes of finished messages.
     history: Arc<History>,
+    /// The suppression list (checked at injection, fed by bounces and complaints).
+    suppressions: Arc<Suppressions>,
     /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor): stopped at shutdown.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -269,8 +272,16 @@ impl Engine {
                 .map_err(|e| EngineError::Join(e.to_string()))??
         };
         let history = Arc::new(history);
+        // The suppression list's index is rebuilt from the spool before anything is accepted.
+        let load_spool = spool.clone();
+        let suppressions = Arc::new(
+            tokio::task::spawn_blocking(move || Suppressions::load(load_spool))
+                .await
+                .map_err(|e| EngineError::Join(e.to_string()))??,
+        );
         let mut delivery_config = config.delivery.clone();
         delivery_config.history = Some(history.clone());
+        delivery_config.suppressions = Some(suppressions.clone());
         if !delivery_config.own_names.iter().any(|n| n.eq_ignore_ascii_case(&config.hostname)) {
             delivery_config.own_names.push(config.hostname.clone());
         }
@@ -357,6 +368,7 @@ impl Engine {
                 backpressure,
                 exporters,
                 history,
+                suppressions,
                 tasks: parking_lot::Mutex::new(tasks),
             }),
         };
@@ -396,6 +408,59 @@ impl Engine {
     /// The event exporters (endpoint health).
     pub fn exporters(&self) -> &Exporters {
         &self.inner.exporters
+    }
+
+    /// The suppression list.
+    pub fn suppressions(&self) -> &Arc<Suppressions> {
+        &self.inner.suppressions
+    }
+
+    /// Split `recipients` into those that may be queued for a message of `tenant` and those suppressed
+    /// (for that tenant or for every tenant); a `suppressed` event goes out for each of the latter. Memory only.
+    pub async fn remove_suppressed(
+        &self,
+        sender: &str,
+        tenant: Option<&str>,
+        recipients: Vec<String>,
+        source: &str,
+    ) -> (Vec<String>, Vec<String>) {
+        let list = &self.inner.suppressions;
+        if list.is_empty() {
+            return (recipients, Vec::new());
+        }
+        let (suppressed, kept): (Vec<String>, Vec<String>) =
+            recipients.into_iter().partition(|r| list.is_suppressed(tenant, r));
+        if !suppressed.is_empty() {
+            self.emit_suppressed(sender, tenant, &suppressed, source).await;
+        }
+        (kept, suppressed)
+    }
+
+    /// `suppressed` events for recipients refused because they are on the suppression list.
+    pub async fn emit_suppressed(&self, sender: &str, tenant: Option<&str>, recipients: &[String], source: &str) {
+        metrics::counter!("mta_recipients_suppressed_total").increment(recipients.len() as u64);
+        let timestamp = now_rfc3339();
+        let response = crate::Response::local(550, (5, 7, 1), "Recipient suppressed");
+        let events = recipients
+            .iter()
+            .enumerate()
+            .map(|(index, address)| Event {
+                event_id: event_id(&timestamp, index, address, EventType::Suppressed, 0),
+                kind: EventType::Suppressed,
+                id: String::new(),
+                sender: sender.to_string(),
+                recipient: address.clone(),
+                domain: mta_spool::record::domain_of(address),
+                timestamp: timestamp.clone(),
+                response: response.clone(),
+                mx: None,
+                tenant: tenant.map(str::to_string),
+                source: Some(source.to_string()),
+                attempts: None,
+                bounce_class: None,
+            })
+            .collect();
+        self.inner.events.emit(events).await;
     }
 
     /// The engine's configuration.

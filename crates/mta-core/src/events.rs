@@ -29,16 +29,22 @@ pub enum EventType {
     Bounce,
     /// Still undelivered at `max_age`; bounced.
     Expiration,
+    /// Refused at injection: the recipient is on the suppression list (never queued).
+    Suppressed,
+    /// A `[[response_rule]]` matched a reply: the site was suspended or throttled (`response` is the reply).
+    ResponseRule,
 }
 
 impl EventType {
     /// Every type, in the order the docs list them.
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 7] = [
         EventType::Reception,
         EventType::Delivery,
         EventType::TransientFailure,
         EventType::Bounce,
         EventType::Expiration,
+        EventType::Suppressed,
+        EventType::ResponseRule,
     ];
 
     /// The name used in JSON and config (`"transient_failure"`).
@@ -49,6 +55,8 @@ impl EventType {
             EventType::TransientFailure => "transient_failure",
             EventType::Bounce => "bounce",
             EventType::Expiration => "expiration",
+            EventType::Suppressed => "suppressed",
+            EventType::ResponseRule => "response_rule",
         }
     }
 
@@ -146,6 +154,14 @@ pub struct Event {
     /// The bounce class of the response (`bounce`, `transient_failure` and `expiration` events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bounce_class: Option<crate::bounce::BounceClass>,
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_from_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&fmt).unwrap_or_default()
 }
 
 /// Current UTC time in RFC 3339 with milliseconds.

@@ -73,6 +73,7 @@ pub mod incoming;
 pub mod metrics_catalog;
 pub mod reception;
 pub mod response;
+pub mod suppression;
 pub mod tls_policy;
 
 pub use delivery::{DeliveryConfig, QueueRow};

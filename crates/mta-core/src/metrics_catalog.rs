@@ -43,6 +43,7 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_cluster_redis_errors_total", kind: MetricKind::Counter, unit: None, help: "Redis calls that failed or timed out (each switches the node to local limits until it reconnects)." },
     MetricDoc { name: "mta_cluster_redis_seconds", kind: MetricKind::Histogram, unit: Some(metrics::Unit::Seconds), help: "Round-trip time of one Redis script call (lease, token grant, heartbeat, sync)." },
     MetricDoc { name: "mta_cluster_token_grants_total", kind: MetricKind::Counter, unit: None, help: "Sends granted to this node from fleet-wide rate buckets." },
+    MetricDoc { name: "mta_complaints_total", kind: MetricKind::Counter, unit: None, help: "ARF feedback reports (complaints) recorded as suppression entries." },
     MetricDoc { name: "mta_delivery_circuit_open_total", kind: MetricKind::Counter, unit: None, help: "Times a destination site's circuit opened after repeated connection failures." },
     MetricDoc { name: "mta_delivery_connections", kind: MetricKind::Gauge, unit: None, help: "Outbound SMTP connections open now." },
     MetricDoc { name: "mta_delivery_connections_opened_total", kind: MetricKind::Counter, unit: None, help: "Outbound SMTP connections opened." },
@@ -89,6 +90,8 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_messages_received_total", kind: MetricKind::Counter, unit: None, help: "Messages accepted (durable), by protocol (smtp, http, api)." },
     MetricDoc { name: "mta_messages_staged_total", kind: MetricKind::Counter, unit: None, help: "Received messages whose body outgrew memory and was streamed to a spool file." },
     MetricDoc { name: "mta_recipients_received_total", kind: MetricKind::Counter, unit: None, help: "Recipients accepted with those messages." },
+    MetricDoc { name: "mta_recipients_suppressed_total", kind: MetricKind::Counter, unit: None, help: "Recipients refused at injection (SMTP RCPT or HTTP) because they are on the suppression list." },
+    MetricDoc { name: "mta_response_rule_actions_total", kind: MetricKind::Counter, unit: None, help: "Replies that matched a [[response_rule]], by action (suspend, throttle, bounce)." },
     MetricDoc { name: "mta_smtp_ack_seconds", kind: MetricKind::Histogram, unit: Some(metrics::Unit::Seconds), help: "Time from the end of a message's data to its 250 (durability wait)." },
     MetricDoc { name: "mta_smtp_backpressure_refusals_total", kind: MetricKind::Counter, unit: None, help: "SMTP refusals by back-pressure, by code (421 at connect, 451 at MAIL)." },
     MetricDoc { name: "mta_smtp_client_connections_total", kind: MetricKind::Counter, unit: None, help: "Outbound SMTP connection attempts, by result." },
@@ -103,6 +106,7 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_spool_fsyncs_total", kind: MetricKind::Counter, unit: None, help: "fsync and fdatasync calls made by the spool." },
     MetricDoc { name: "mta_spool_records", kind: MetricKind::Gauge, unit: None, help: "Messages in the spool." },
     MetricDoc { name: "mta_spool_round_ops", kind: MetricKind::Histogram, unit: None, help: "Operations per spool commit round (how many writes one sync covered)." },
+    MetricDoc { name: "mta_suppressions", kind: MetricKind::Gauge, unit: None, help: "Entries in the suppression list's in-memory index." },
     MetricDoc { name: "mta_tls_policy_total", kind: MetricKind::Counter, unit: None, help: "Outbound TLS policy outcomes, by source (mta-sts), mode and result: per destination lookup matched, mx_mismatch or fetch_error; per connection under an enforced policy tls_verified or the RFC 8460 failure type (starttls-not-supported, certificate-host-mismatch, ...)." },
 ];
 

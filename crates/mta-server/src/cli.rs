@@ -29,6 +29,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Suppression list CSV import/export (offline: the server must be stopped).
+    Suppression {
+        /// Which tool.
+        #[command(subcommand)]
+        command: SuppressionCommand,
+    },
     /// Per-queue summary from a running server.
     Queue {
         /// Base URL of the server's HTTP API (default: from the config's http.listen).
@@ -46,6 +52,25 @@ pub enum Command {
         /// Make an argon2id password hash for `[[smtp.users]]` instead of a sha256 API-key hash.
         #[arg(long)]
         password: bool,
+    },
+}
+
+/// `suppression` tools.
+#[derive(Debug, Subcommand)]
+pub enum SuppressionCommand {
+    /// Add the rows of a CSV file (`-`: stdin) with columns email,reason,tenant; nothing is stored if a row is bad.
+    Import {
+        /// CSV file, or `-` for stdin.
+        file: String,
+        /// Tenant for rows when the file has no `tenant` column (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Write every entry as CSV (email,reason,tenant,created) to stdout.
+    Export {
+        /// Only this tenant's entries.
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 

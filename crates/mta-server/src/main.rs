@@ -14,6 +14,7 @@ mod secrets;
 mod serve;
 mod smtp_handler;
 mod spool_cmd;
+mod suppression_cmd;
 mod telemetry;
 mod tls;
 
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mta_server::config;
 
-use crate::cli::{Cli, Command, SpoolCommand};
+use crate::cli::{Cli, Command, SpoolCommand, SuppressionCommand};
 use crate::config::Config;
 
 /// Failures that are the user's to fix: exit code 2.
@@ -60,6 +61,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 SpoolCommand::List { json } => spool_cmd::list(&config, json),
                 SpoolCommand::Show { id, raw } => spool_cmd::show(&config, &id, raw),
+            }
+        }
+        Command::Suppression { command } => {
+            let config = load_config(config_path.as_deref())?;
+            match command {
+                SuppressionCommand::Import { file, tenant } => {
+                    suppression_cmd::import(&config, &file, tenant.as_deref())
+                }
+                SuppressionCommand::Export { tenant } => suppression_cmd::export(&config, tenant.as_deref()),
             }
         }
         Command::Queue { http, token, json } => {

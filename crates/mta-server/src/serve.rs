@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let handler = Arc::new(
         SmtpHandler::new(engine.clone(), config.smtp.relay_networks.clone(), config.smtp.relay_domains.clone(), users)
             .with_verifier(verifier)
+            .with_complaint_address(config.suppression.complaint_address())
             .with_backpressure(backpressure.clone(), limits.clone()),
     );
 

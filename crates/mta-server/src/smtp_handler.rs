@@ -35,6 +35,8 @@ pub struct SmtpHandler {
     backpressure: Backpressure,
     /// The listeners' connection counts, for the degraded session cap.
     limits: Option<Arc<ConnectionLimits>>,
+    /// `suppression.complaint_address` (lowercase): mail to it is read as a feedback report, not relayed.
+    complaint_address: Option<String>,
 }
 
 impl SmtpHandler {
@@ -49,7 +51,18 @@ impl SmtpHandler {
             verifier: None,
             backpressure: Backpressure::disabled(),
             limits: None,
+            complaint_address: None,
         }
+    }
+
+    /// Read mail to `address` as ARF feedback reports (complaints) instead of queueing it.
+    pub fn with_complaint_address(mut self, address: Option<String>) -> Self {
+        self.complaint_address = address.map(|a| a.to_ascii_lowercase());
+        self
+    }
+
+    fn is_complaint_address(&self, rcpt: &str) -> bool {
+        self.complaint_address.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(rcpt))
     }
 
     /// Refuse or slow new work by `backpressure`; `limits` are the listeners' (for the degraded session cap).
@@ -151,11 +164,20 @@ impl Handler for SmtpHandler {
         if let Err(reason) = mta_core::reception::check_address(rcpt) {
             return Err(Reply::new(553, (5, 1, 3), format!("Bad recipient address: {reason}")));
         }
-        if self.may_relay(info) || self.is_relay_domain(rcpt) {
-            Ok(())
-        } else {
-            Err(Reply::new(550, (5, 7, 1), "Relay access denied"))
+        // Feedback reports come from the mailbox providers, outside our relay networks.
+        if self.is_complaint_address(rcpt) {
+            return Ok(());
         }
+        if !(self.may_relay(info) || self.is_relay_domain(rcpt)) {
+            return Err(Reply::new(550, (5, 7, 1), "Relay access denied"));
+        }
+        // SMTP carries no tenant: only entries for every tenant apply here.
+        if self.engine.suppressions().is_suppressed(None, rcpt) {
+            let (engine, sender, rcpt) = (self.engine.clone(), _sender.to_string(), rcpt.to_string());
+            tokio::spawn(async move { engine.emit_suppressed(&sender, None, &[rcpt], "smtp").await });
+            return Err(Reply::new(550, (5, 7, 1), "Recipient address suppressed (on the suppression list)"));
+        }
+        Ok(())
     }
 
     fn auth_enabled(&self) -> bool {
@@ -190,9 +212,11 @@ impl Handler for SmtpHandler {
         let verifier = if trusted { None } else { self.verifier.clone() };
         let (peer, helo, sender) = (info.peer.ip(), info.helo.clone().unwrap_or_default(), txn.sender.clone());
         let mut incoming = content.incoming;
+        let complaint = txn.recipients.iter().any(|r| self.is_complaint_address(r));
+        let recipients: Vec<String> = txn.recipients.into_iter().filter(|r| !self.is_complaint_address(r)).collect();
         let mut injection = Injection {
             sender: txn.sender,
-            recipients: txn.recipients,
+            recipients,
             content: bytes::Bytes::new(),
             tenant: None,
             pool: None,
@@ -204,7 +228,26 @@ impl Handler for SmtpHandler {
             auth_results: None,
             sign: trusted,
         };
+        let engine = self.engine.clone();
         async move {
+            if complaint {
+                // A feedback report is consumed: it adds a complaint entry and is never relayed.
+                let whole = incoming.content().await.map_err(|e| reply_for(&e))?;
+                let bytes = whole.bytes();
+                drop(whole);
+                if let Err(e) = engine.suppressions().add_complaint(bytes).await {
+                    tracing::warn!(error = %e, "message to the complaint address refused");
+                    return Err(match e {
+                        mta_core::suppression::SuppressionError::Complaint(e) => {
+                            Reply::new(550, (5, 6, 0), format!("Not accepted: {e}"))
+                        }
+                        _ => Reply::new(451, (4, 3, 0), "Temporary local problem, report not recorded"),
+                    });
+                }
+                if injection.recipients.is_empty() {
+                    return Ok("feedback-report".to_string());
+                }
+            }
             if let Some(verifier) = verifier {
                 // The whole message, read back under the engine's memory budget when it was staged.
                 let whole = incoming.content().await.map_err(|e| reply_for(&e))?;

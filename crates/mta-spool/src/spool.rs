@@ -367,6 +367,31 @@ impl Spool {
         Ok(v.map(|v| v.to_vec()))
     }
 
+    /// Visit the aux entries whose key starts with `prefix` and is above `after` (all when `None`), in key
+    /// order, without collecting them, until `visit` returns false (blocking). For large key sets (the
+    /// suppression list): one entry in memory at a time, and a page starts at its cursor, not at the front.
+    pub fn aux_visit_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), SpoolError> {
+        let index = self.shared().index()?;
+        let iter = match after {
+            Some(a) if a >= prefix => {
+                index.aux.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            _ => index.aux.range::<&[u8], _>(prefix..),
+        };
+        for item in iter {
+            let (k, v) = item.map_err(|e| SpoolError::sled("scan aux keys", e))?;
+            if !k.starts_with(prefix) || !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Every aux entry whose key starts with `prefix`, in key order (blocking).
     pub fn aux_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<AuxEntry>, SpoolError> {
         self.shared()

@@ -10,10 +10,12 @@ use mta_spool::Fetched;
 
 use super::context::Context;
 use super::recorder::{Outcome, Outcomes};
+use super::response_rules::RuleAction;
 use super::scheduler::{State, Work};
 use super::site::SiteKey;
 use super::sites::PREFETCH;
 use super::transport::Session;
+use crate::events::{event_id, now_rfc3339, Event, EventType};
 use crate::Response;
 
 /// Whether the connection can carry another message.
@@ -85,8 +87,14 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
             let work = ctx.sites.connect_failed(key, now, ctx.cfg.circuit_threshold, ctx.cfg.circuit_open_for);
             if let Some(w) = work {
                 ctx.timers.transition_all([&w], State::Ready, State::InFlight);
-                // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code.
-                let outcome = Outcome::transient(reason);
+                // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code
+                // (a `bounce` rule aside), and a `[[response_rule]]` may suspend or throttle the site.
+                let domain = ctx.timers.domain_name(w.domain);
+                let rule = apply_rule(ctx, key, &domain, &reason, &w, None).await;
+                let outcome = match rule {
+                    Some(RuleAction::Bounce) => Outcome::permanent(reason),
+                    _ => Outcome::transient(reason),
+                };
                 ctx.recorder.record(w, State::InFlight, Outcomes::All(outcome), None, None).await;
             }
             return;
@@ -160,6 +168,10 @@ async fn deliver_one(
 ) -> Next {
     let domain = ctx.timers.domain_name(w.domain);
     let now = ctx.clock.now_ms();
+    // Suspended (by an operator or a rule) after it was queued on the site: held, not sent.
+    let Some(w) = ctx.timers.hold_if_suspended(w, State::InFlight) else {
+        return Next::Continue;
+    };
     if now.saturating_sub(w.received_ms) >= ctx.cfg.max_age.as_millis() as u64 {
         ctx.recorder.expire(w, State::InFlight);
         return Next::Continue;
@@ -195,6 +207,7 @@ async fn deliver_one(
     let _memory = ctx.memory_for(body.len()).await;
     let needs_8bit = body.iter().any(|b| *b >= 0x80);
     let mut throttle = false;
+    let mut ruled = false;
     let mut list = Vec::with_capacity(rcpts.len());
     let mut whole: Option<Outcome> = None;
     let mut next = Next::Continue;
@@ -213,15 +226,28 @@ async fn deliver_one(
             Ok(res) => {
                 for (addr, o) in chunk.iter().zip(res.recipients.iter()) {
                     let response = Response::remote(o.reply(), outcome_stage(o, res.data_reply.as_ref()));
-                    throttle |= response.is_throttle();
-                    let outcome = match o {
-                        RecipientOutcome::Delivered(_) => Outcome::delivered(response),
-                        RecipientOutcome::Transient(_) => Outcome::transient(response),
-                        RecipientOutcome::Permanent(_) => Outcome::permanent(response),
+                    let rule = if response.is_positive() {
+                        None
+                    } else {
+                        apply_rule(ctx, key, &domain, &response, &w, Some((&rec, addr))).await
+                    };
+                    throttle |= rule.is_none() && response.is_throttle();
+                    ruled |= matches!(rule, Some(RuleAction::Suspend));
+                    let outcome = match (o, rule) {
+                        (RecipientOutcome::Delivered(_), _) => Outcome::delivered(response),
+                        (_, Some(RuleAction::Bounce)) => Outcome::permanent(response),
+                        (RecipientOutcome::Transient(_), _) => Outcome::transient(response),
+                        (RecipientOutcome::Permanent(_), _) => Outcome::permanent(response),
                     };
                     list.push((addr.clone(), outcome));
                 }
-                throttle |= res.data_reply.as_ref().is_some_and(|r| Response::remote(r, Stage::DataTerm).is_throttle());
+                throttle |= !ruled
+                    && res.data_reply.as_ref().is_some_and(|r| Response::remote(r, Stage::DataTerm).is_throttle());
+                if ruled {
+                    // The destination is suspended: stop sending to it on this connection.
+                    next = Next::Close;
+                    break;
+                }
                 // The client sends RSET itself after a failed transaction; an unusable connection is closed.
                 if !conn.is_usable() {
                     next = Next::Close;
@@ -230,9 +256,13 @@ async fn deliver_one(
             }
             Err(e) => {
                 let response = Response::from_error(&e);
-                throttle |= response.is_throttle();
-                let outcome =
-                    if e.is_permanent() { Outcome::permanent(response.clone()) } else { Outcome::transient(response) };
+                let rule = apply_rule(ctx, key, &domain, &response, &w, Some((&rec, &chunk[0]))).await;
+                throttle |= rule.is_none() && response.is_throttle();
+                let outcome = if e.is_permanent() || rule == Some(RuleAction::Bounce) {
+                    Outcome::permanent(response.clone())
+                } else {
+                    Outcome::transient(response)
+                };
                 for addr in chunk {
                     list.push((addr.clone(), outcome.clone()));
                 }
@@ -265,6 +295,57 @@ async fn deliver_one(
     });
     recording.push(task).await;
     next
+}
+
+/// Apply the first `[[response_rule]]` matching `response` from `domain`: suspend the domain's queue or
+/// throttle the site `key` for the rule's duration, with a `response_rule` event; returns the action (a
+/// `bounce` is the caller's to apply). `about` names the message and recipient the reply was about.
+async fn apply_rule(
+    ctx: &Arc<Context>,
+    key: &SiteKey,
+    domain: &str,
+    response: &Response,
+    w: &Work,
+    about: Option<(&mta_spool::MessageRecord, &String)>,
+) -> Option<RuleAction> {
+    if response.origin != crate::response::Origin::Remote || response.is_positive() {
+        return None;
+    }
+    let line = response.to_string();
+    let rule = ctx.cfg.response_rules.find(domain, &line)?;
+    let until_ms = ctx.clock.now_ms().saturating_add(rule.duration.as_millis() as u64);
+    let reason = format!("response_rule {}: {line}", rule.action.name());
+    match rule.action {
+        RuleAction::Suspend => ctx.timers.suspend_until(domain, until_ms, reason.clone()),
+        RuleAction::Throttle { factor } => {
+            ctx.sites.throttle_by(key, ctx.clock.instant(), factor, rule.duration);
+            ctx.timers.note_throttle(domain, until_ms, reason.clone());
+        }
+        RuleAction::Bounce => {}
+    }
+    metrics::counter!("mta_response_rule_actions_total", "action" => rule.action.name()).increment(1);
+    tracing::info!(%domain, action = rule.action.name(), reply = %line, "response rule matched");
+    let (id, sender, recipient, tenant) = match about {
+        Some((rec, addr)) => (rec.id.to_string(), rec.sender.clone(), addr.clone(), rec.tenant.clone()),
+        None => (ctx.timers.names(w).0.map(|i| i.to_string()).unwrap_or_default(), String::new(), String::new(), None),
+    };
+    let event = Event {
+        event_id: event_id(&id, 0, &recipient, EventType::ResponseRule, until_ms as u32),
+        kind: EventType::ResponseRule,
+        id,
+        sender,
+        recipient,
+        domain: domain.to_string(),
+        timestamp: now_rfc3339(),
+        response: response.clone(),
+        mx: None,
+        tenant,
+        source: Some(reason),
+        attempts: None,
+        bounce_class: None,
+    };
+    ctx.recorder.emit(vec![event]).await;
+    Some(rule.action)
 }
 
 /// A message that could not be read: a corrupt one stays in the spool for an operator (it can never be

@@ -56,6 +56,7 @@ pub mod dsn;
 pub mod fleet;
 pub(crate) mod ids;
 pub(crate) mod plan;
+pub mod response_rules;
 pub(crate) mod scheduler;
 pub(crate) mod site;
 
@@ -162,6 +163,12 @@ pub struct DeliveryConfig {
     pub fleet: Option<Fleet>,
     /// Where finished messages' outcomes are kept for status lookups (`None`: not kept). The engine sets it.
     pub history: Option<std::sync::Arc<crate::history::History>>,
+    /// `[[response_rule]]`s then the shipped defaults: replies that suspend, throttle or bounce.
+    pub response_rules: std::sync::Arc<response_rules::ResponseRules>,
+    /// Where bounces of the `auto_suppress` classes add their recipient (set by the engine at open).
+    pub suppressions: Option<std::sync::Arc<crate::suppression::Suppressions>>,
+    /// Bounce classes that add the recipient to the suppression list (`suppression.auto_classes`).
+    pub auto_suppress: Vec<crate::bounce::BounceClass>,
 }
 
 /// A handle on fleet-wide limits as the config carries it.
@@ -203,6 +210,12 @@ impl Default for DeliveryConfig {
             tls_ca_file: None,
             fleet: None,
             history: None,
+            response_rules: response_rules::ResponseRules::new(Vec::new(), true),
+            suppressions: None,
+            auto_suppress: vec![
+                crate::bounce::BounceClass::InvalidRecipient,
+                crate::bounce::BounceClass::GenericNoRcpt,
+            ],
         }
     }
 }

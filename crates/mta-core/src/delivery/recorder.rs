@@ -131,6 +131,11 @@ impl Recorder {
         });
     }
 
+    /// Emit events that change no stored state (a `[[response_rule]]` action).
+    pub(crate) async fn emit(&self, events: Vec<Event>) {
+        self.events.emit(events).await;
+    }
+
     /// Stop starting background recordings.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -180,6 +185,7 @@ impl Recorder {
         let timestamp = now_rfc3339();
         let mut events = Vec::new();
         let mut failed = Vec::new();
+        let mut suppress = Vec::new();
         let mut any_transient = false;
         let mut attempted = false;
         let mut expired_any = false;
@@ -214,6 +220,13 @@ impl Recorder {
                 }
                 Kind::Permanent => {
                     r.state = RecipientState::Bounced;
+                    if class.is_some_and(|c| self.cfg.auto_suppress.contains(&c)) {
+                        suppress.push(crate::suppression::Entry::new(
+                            r.address.clone(),
+                            crate::suppression::Reason::HardBounce,
+                            rec.tenant.clone(),
+                        ));
+                    }
                     failed.push(FailedRecipient {
                         address: r.address.clone(),
                         response: o.response.clone(),
@@ -295,6 +308,11 @@ impl Recorder {
         }
         // The exported events become durable with the states they report: neither exists without the other.
         ops.extend(self.events.outbox_ops(&events));
+        // So do the suppression entries the bounces add.
+        let list = self.cfg.suppressions.as_ref().filter(|_| !suppress.is_empty());
+        if let Some(list) = list {
+            ops.extend(suppress.iter().filter_map(|e| list.op_for(e).ok()));
+        }
         if let Err(e) = self.spool.commit(ops).await {
             tracing::error!(%id, error = %e, "cannot store delivery result; the attempt will be repeated");
             self.timers.reschedule(w, from, self.clock.now_ms() + 60_000);
@@ -305,6 +323,11 @@ impl Recorder {
         }
         // Durable: other domains of this message may record theirs while events go out.
         drop(guard);
+        if let Some(list) = list {
+            for e in &suppress {
+                list.note_stored(e);
+            }
+        }
         self.events.emit(events).await;
         match next_due {
             Some(due) => self.timers.reschedule(w, from, due),
@@ -324,5 +347,7 @@ fn event_label(kind: EventType) -> &'static str {
         EventType::TransientFailure => "transient",
         EventType::Bounce => "bounced",
         EventType::Expiration => "expired",
+        EventType::Suppressed => "suppressed",
+        EventType::ResponseRule => "response_rule",
     }
 }

@@ -6,7 +6,7 @@
 //! clock here: callers pass `now`, so tests drive time directly.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 
 use mta_spool::Priority;
 
@@ -105,6 +105,21 @@ pub struct QueueRow {
     pub counts: QueueCounts,
     /// Whether the domain is suspended.
     pub suspended: bool,
+    /// Why (a `[[response_rule]]` and the reply that matched it; `None` for an operator's suspension).
+    pub suspended_reason: Option<String>,
+    /// When a rule's suspension ends by itself (ms since the epoch); `None`: until resumed.
+    pub suspended_until_ms: Option<u64>,
+    /// Why the domain's site is throttled by a `[[response_rule]]`, when it is.
+    pub throttled_reason: Option<String>,
+    /// Until when (ms since the epoch).
+    pub throttled_until_ms: Option<u64>,
+}
+
+/// A suspended domain: until when (`None`: until an operator resumes it) and why.
+#[derive(Debug, Clone, Default)]
+struct Suspension {
+    until_ms: Option<u64>,
+    reason: Option<String>,
 }
 
 /// Timers, per-queue accounting, suspensions, and the interners for compact names.
@@ -113,8 +128,10 @@ pub struct Scheduler {
     heap: BinaryHeap<Reverse<Timer>>,
     seq: u64,
     queues: HashMap<(u32, u32), QueueCounts>,
-    suspended: HashSet<u32>,
+    suspended: HashMap<u32, Suspension>,
     held: HashMap<u32, Vec<Work>>,
+    /// Throttles by `[[response_rule]]` per domain, for the queue summary: (until, reason).
+    throttled: HashMap<u32, (u64, String)>,
     /// Destination domains.
     pub domains: Interner,
     /// Tenants (0 is the empty tenant).
@@ -171,22 +188,34 @@ impl Scheduler {
         self.heap.push(Reverse(Timer { due, seq: self.seq, work: w }));
     }
 
-    /// When the earliest timer is due.
+    /// When the earliest timer is due (a timed suspension's end counts: its held pairs are released then).
     pub fn next_due(&self) -> Option<u64> {
-        self.heap.peek().map(|Reverse(t)| t.due)
+        let ends = self.suspended.values().filter_map(|s| s.until_ms).min();
+        match (self.heap.peek().map(|Reverse(t)| t.due), ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Take up to `max` pairs due at `now`. Pairs of suspended domains move to the held state instead; the
     /// others are returned counted as [`State::Ready`].
     pub fn pop_due(&mut self, now: u64, max: usize) -> Vec<Work> {
         let mut out = Vec::new();
+        // Timed suspensions that ended release their held pairs first (recovery is automatic).
+        let ended: Vec<u32> =
+            self.suspended.iter().filter(|(_, s)| s.until_ms.is_some_and(|u| u <= now)).map(|(d, _)| *d).collect();
+        for d in ended {
+            let name = self.domains.name(d);
+            out.extend(self.resume(&name));
+        }
+        self.throttled.retain(|_, (until, _)| *until > now);
         while out.len() < max {
             match self.heap.peek() {
                 Some(Reverse(t)) if t.due <= now => {}
                 _ => break,
             }
             let Some(Reverse(t)) = self.heap.pop() else { break };
-            if self.suspended.contains(&t.work.domain) {
+            if self.suspended.contains_key(&t.work.domain) {
                 self.transition(&t.work, State::Scheduled, State::Held);
                 self.held.entry(t.work.domain).or_default().push(t.work);
             } else {
@@ -200,7 +229,35 @@ impl Scheduler {
     /// Hold `domain`: due pairs wait (`max_age` still applies to them).
     pub fn suspend(&mut self, domain: &str) {
         let d = self.domains.intern(domain);
-        self.suspended.insert(d);
+        self.suspended.insert(d, Suspension::default());
+    }
+
+    /// Hold `domain` until `until_ms` (released by [`Scheduler::pop_due`] then) because of `reason`; an
+    /// operator's open-ended suspension is kept as it is, a longer timed one is not shortened.
+    pub fn suspend_until(&mut self, domain: &str, until_ms: u64, reason: String) {
+        let d = self.domains.intern(domain);
+        let s = self.suspended.entry(d).or_insert(Suspension { until_ms: Some(0), reason: None });
+        if let Some(u) = s.until_ms {
+            s.until_ms = Some(u.max(until_ms));
+            s.reason = Some(reason);
+        }
+    }
+
+    /// Note that a rule throttles `domain`'s site until `until_ms` (shown in the queue summary).
+    pub fn note_throttle(&mut self, domain: &str, until_ms: u64, reason: String) {
+        let d = self.domains.intern(domain);
+        self.throttled.insert(d, (until_ms, reason));
+    }
+
+    /// True when `domain` (interned) is suspended now.
+    pub fn is_suspended(&self, domain: u32) -> bool {
+        self.suspended.contains_key(&domain)
+    }
+
+    /// Hold `w` (taken from `from`) because its domain is suspended.
+    pub fn hold(&mut self, w: Work, from: State) {
+        self.transition(&w, from, State::Held);
+        self.held.entry(w.domain).or_default().push(w);
     }
 
     /// Release `domain`; returns its held pairs, counted as [`State::Ready`], for immediate dispatch.
@@ -244,16 +301,24 @@ impl Scheduler {
                 tenant: self.tenants.name(t).to_string(),
                 domain: self.domains.name(d).to_string(),
                 counts: *c,
-                suspended: self.suspended.contains(&d),
+                suspended: self.suspended.contains_key(&d),
+                suspended_reason: self.suspended.get(&d).and_then(|s| s.reason.clone()),
+                suspended_until_ms: self.suspended.get(&d).and_then(|s| s.until_ms),
+                throttled_reason: self.throttled.get(&d).map(|t| t.1.clone()),
+                throttled_until_ms: self.throttled.get(&d).map(|t| t.0),
             })
             .collect();
-        for &d in &self.suspended {
+        for (&d, s) in &self.suspended {
             if !rows.iter().any(|r| *r.domain == *self.domains.name(d)) {
                 rows.push(QueueRow {
                     tenant: String::new(),
                     domain: self.domains.name(d).to_string(),
                     counts: QueueCounts::default(),
                     suspended: true,
+                    suspended_reason: s.reason.clone(),
+                    suspended_until_ms: s.until_ms,
+                    throttled_reason: self.throttled.get(&d).map(|t| t.1.clone()),
+                    throttled_until_ms: self.throttled.get(&d).map(|t| t.0),
                 });
             }
         }
@@ -304,6 +369,27 @@ mod tests {
         s.transition(&a, State::Ready, State::InFlight);
         s.leave(&a, State::InFlight);
         assert!(s.summary().iter().all(|r| r.domain != "a.test"));
+    }
+
+    #[test]
+    fn a_timed_suspension_holds_until_its_end_then_releases_by_itself() {
+        let mut s = Scheduler::new();
+        let a = work(&mut s, "a.test", 0);
+        s.suspend_until("a.test", 500, "response_rule suspend: 421 4.7.28 x".into());
+        s.schedule(a, 10);
+        assert_eq!(s.next_due(), Some(10));
+        assert!(s.pop_due(20, 10).is_empty(), "held");
+        let row = &s.summary()[0];
+        assert_eq!((row.counts.held, row.suspended_until_ms), (1, Some(500)));
+        assert!(row.suspended_reason.as_deref().is_some_and(|r| r.contains("4.7.28")));
+        assert_eq!(s.next_due(), Some(500), "the timer loop wakes at the end");
+        assert_eq!(s.pop_due(500, 10), vec![a], "released, counted ready");
+        assert!(!s.summary()[0].suspended);
+        // An operator's open-ended suspension is not turned into a timed one.
+        s.suspend("b.test");
+        s.suspend_until("b.test", 600, "rule".into());
+        assert!(s.pop_due(700, 10).is_empty());
+        assert!(s.summary().iter().any(|r| r.domain == "b.test" && r.suspended && r.suspended_until_ms.is_none()));
     }
 
     #[test]

@@ -144,6 +144,11 @@ impl Site {
         out
     }
 
+    /// True while a throttle lowers the cap (as of the last [`Site::connection_cap`]).
+    pub fn is_throttled(&self) -> bool {
+        self.throttled.is_some()
+    }
+
     /// The connection cap now: the configured one, lowered while throttled.
     pub fn connection_cap(&mut self, now: Instant) -> usize {
         if let Some((cap, until)) = self.throttled {
@@ -201,6 +206,18 @@ impl Site {
         let current = self.throttled.map(|(c, _)| c).unwrap_or(self.limits.connections).min(self.active.max(1));
         let cap = (current / 2).max(1);
         self.throttled = Some((cap, now + period));
+        metrics::counter!("mta_delivery_throttled_total").increment(1);
+    }
+
+    /// A `[[response_rule]]` throttle: keep `factor` of the configured cap for `period` (a lower cap already in
+    /// force stays, the later end wins).
+    pub fn throttle_by(&mut self, now: Instant, factor: f64, period: Duration) {
+        let cap = ((self.limits.connections as f64 * factor).floor() as usize).max(1);
+        let (cap, until) = match self.throttled {
+            Some((c, u)) if u > now => (c.min(cap), u.max(now + period)),
+            _ => (cap, now + period),
+        };
+        self.throttled = Some((cap, until));
         metrics::counter!("mta_delivery_throttled_total").increment(1);
     }
 

@@ -129,7 +129,9 @@ impl Sites {
                 }
             }
             let asking = site.fleet.asking_leases || site.fleet.asking_tokens;
-            if site.is_empty() && site.active == 0 && !asking && !matches!(site.circuit, Circuit::Open(_)) {
+            // A throttled site is kept (empty) so that its lowered cap outlives a quiet moment.
+            let keep = asking || site.is_throttled() || matches!(site.circuit, Circuit::Open(_));
+            if site.is_empty() && site.active == 0 && !keep {
                 map.remove(key);
             }
         }
@@ -198,6 +200,13 @@ impl Sites {
     pub(crate) fn throttle(&self, key: &SiteKey, now: Instant, period: Duration) {
         if let Some(site) = self.map.lock().get_mut(key) {
             site.throttle(now, period);
+        }
+    }
+
+    /// A `[[response_rule]]` throttles `key` to `factor` of its connections for `period`.
+    pub(crate) fn throttle_by(&self, key: &SiteKey, now: Instant, factor: f64, period: Duration) {
+        if let Some(site) = self.map.lock().get_mut(key) {
+            site.throttle_by(now, factor, period);
         }
     }
 

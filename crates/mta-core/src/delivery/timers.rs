@@ -149,6 +149,27 @@ impl Timers {
         self.sched.lock().suspend(domain);
     }
 
+    /// Hold a domain's queue until `until_ms` (a `[[response_rule]]` suspension; released by the timer loop).
+    pub(crate) fn suspend_until(&self, domain: &str, until_ms: u64, reason: String) {
+        self.sched.lock().suspend_until(domain, until_ms, reason);
+    }
+
+    /// Note a rule's throttle of `domain`'s site (for the queue summary).
+    pub(crate) fn note_throttle(&self, domain: &str, until_ms: u64, reason: String) {
+        self.sched.lock().note_throttle(domain, until_ms, reason);
+    }
+
+    /// Hold `w` (taken from `from`) when its domain is suspended; gives it back otherwise.
+    pub(crate) fn hold_if_suspended(&self, w: Work, from: State) -> Option<Work> {
+        let mut s = self.sched.lock();
+        if s.is_suspended(w.domain) {
+            s.hold(w, from);
+            None
+        } else {
+            Some(w)
+        }
+    }
+
     /// Release a domain's queue; returns its held pairs (counted ready).
     pub(crate) fn resume(&self, domain: &str) -> Vec<Work> {
         self.sched.lock().resume(domain)

@@ -18,6 +18,9 @@ impl From<&Config> for EngineConfig {
             tracing::error!(error = %e, "bounce.rules_file unusable; classifying with the shipped rules");
             mta_core::bounce::Classifier::shipped()
         });
+        delivery.auto_suppress = config.suppression.classes();
+        delivery.response_rules =
+            super::suppression::response_rules(&config.response_rule, config.deliverability.default_response_rules);
         EngineConfig {
             hostname: config.server.hostname.clone(),
             node_id: config.server.node_id.clone(),

@@ -11,7 +11,8 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `amqp`, `outbox`, `history`: the sections.
+//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `amqp`, `outbox`, `history`, `suppression`
+//!   (+ `[[response_rule]]`, `[deliverability]`): the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod amqp;
@@ -33,6 +34,7 @@ mod server;
 mod shaping;
 mod smtp;
 mod spool;
+mod suppression;
 mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +58,7 @@ pub use self::server::{machine_hostname, ServerSection, DEFAULT_SHUTDOWN_TIMEOUT
 pub use self::shaping::{parse_rate, Rate, ShapingSection};
 pub use self::smtp::{SmtpSection, UserSection, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use self::spool::SpoolSection;
+pub use self::suppression::{DeliverabilitySection, ResponseRuleSection, SuppressionSection};
 pub use self::webhook::WebhookSection;
 pub use mta_core::auth::{AuthPolicy, Policy};
 pub use mta_core::delivery::Route;
@@ -102,6 +105,12 @@ pub struct Config {
     pub outbox: OutboxSection,
     /// Finished messages' outcomes kept for status lookups.
     pub history: HistorySection,
+    /// The suppression list: automatic entries and the complaint address.
+    pub suppression: SuppressionSection,
+    /// Replies that suspend, throttle or bounce (checked before the shipped defaults).
+    pub response_rule: Vec<ResponseRuleSection>,
+    /// Switches for the shipped deliverability defaults.
+    pub deliverability: DeliverabilitySection,
 }
 
 /// A value that parses but makes no sense: the dotted key and what is wrong (sections' checks return it).
@@ -189,6 +198,8 @@ impl Config {
         self.dkim.check()?;
         self.backpressure.check()?;
         self.bounce.check()?;
+        self.suppression.check()?;
+        suppression::check_rules(&self.response_rule)?;
         for (n, w) in self.webhook.iter().enumerate() {
             w.check(n)?;
         }

@@ -49,6 +49,9 @@ pub struct Accepted {
     pub id: String,
     /// Recipients accepted.
     pub recipients: usize,
+    /// Recipients not queued because they are on the suppression list (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<String>,
 }
 
 /// The handler.
@@ -60,14 +63,14 @@ pub struct Accepted {
     request_body(content = InjectRequest, content_type = "application/json",
         description = "Raw (`content` a string) or structured (`content` an object) message, envelope and options."),
     responses(
-        (status = 202, description = "Durable in the spool.", body = Accepted,
+        (status = 202, description = "Durable in the spool; recipients on the suppression list are left out and named in `suppressed`.", body = Accepted,
             headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer."))),
         (status = 400, description = "Invalid JSON (`invalid_json`), field (`invalid_sender`, `invalid_recipient` with `field` = `recipients[N]`, `too_many_recipients`, `no_recipients`, `missing_field`, `unknown_field`, `invalid_field`), content (`header_injection`, `invalid_header`, `bare_cr`, `line_too_long`, `invalid_content`) or Idempotency-Key (`invalid_idempotency_key`).", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time (`body_timeout`): 30 s without a byte, or longer in all than 60 s plus 1 s per MiB.", body = ErrorBody),
         (status = 409, description = "A request with this Idempotency-Key is still in flight (`idempotency_key_in_use`).", body = ErrorBody),
         (status = 413, description = "Message larger than `smtp.max_message_size` or body too large (`too_large`, with `Connection: close`).", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (`unsupported_media_type`).", body = ErrorBody),
-        (status = 422, description = "Idempotency-Key reused with a different body (`idempotency_key_reused`).", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with a different body (`idempotency_key_reused`), or every recipient is on the suppression list (`all_recipients_suppressed`).", body = ErrorBody),
         (status = 500, description = "The request could not be parsed (`internal`).", body = ErrorBody),
         (status = 503, description = "Shutting down (`shutting_down`), overloaded (`overloaded`: back-pressure; `body_memory_exhausted`: request body memory budget) or spool unavailable (`spool_unavailable`); retry later or elsewhere.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
@@ -136,8 +139,30 @@ async fn inject(
         }
     })?;
     *body_read = true;
-    let Parsed { request, fingerprint } = parse(state, bytes, idem_key.is_some()).await?;
+    let Parsed { mut request, fingerprint } = parse(state, bytes, idem_key.is_some()).await?;
     engine.validate(&request.sender, &request.recipients, request.content.len() as u64)?;
+    // Suppressed recipients (for the message's tenant or every tenant) are not queued (memory only).
+    let list = engine.suppressions();
+    let suppressed: Vec<String> = if list.is_empty() {
+        Vec::new()
+    } else {
+        let tenant = request.tenant.as_deref();
+        let (out, kept) =
+            std::mem::take(&mut request.recipients).into_iter().partition(|r| list.is_suppressed(tenant, r));
+        request.recipients = kept;
+        out
+    };
+    if !suppressed.is_empty() {
+        engine.emit_suppressed(&request.sender, request.tenant.as_deref(), &suppressed, "http").await;
+        if request.recipients.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "all_recipients_suppressed",
+                format!("every recipient is on the suppression list: {}", suppressed.join(", ")),
+            )
+            .with_field("recipients"));
+        }
+    }
 
     let (Some(key), Some(request_sha256)) = (idem_key, fingerprint) else {
         let accepted =
@@ -145,6 +170,7 @@ async fn inject(
         return Ok(accepted_response(Accepted {
             id: accepted.id.as_str().to_string(),
             recipients: accepted.recipients,
+            suppressed,
         }));
     };
     let aux_key = idempotency::aux_key(&caller.label, &key);
@@ -183,14 +209,22 @@ async fn inject(
                 request_sha256,
                 status: StatusCode::ACCEPTED.as_u16(),
                 // Cannot fail: a string and an integer.
-                response_body: serde_json::to_value(Accepted { id: id.as_str().to_string(), recipients: count })
-                    .unwrap_or_default(),
+                response_body: serde_json::to_value(Accepted {
+                    id: id.as_str().to_string(),
+                    recipients: count,
+                    suppressed: suppressed.clone(),
+                })
+                .unwrap_or_default(),
                 created_ms: now,
             };
             vec![Idempotency::companion(aux_key.clone(), &answer)]
         })
         .await?;
-    Ok(accepted_response(Accepted { id: accepted.id.as_str().to_string(), recipients: accepted.recipients }))
+    Ok(accepted_response(Accepted {
+        id: accepted.id.as_str().to_string(),
+        recipients: accepted.recipients,
+        suppressed,
+    }))
 }
 
 /// Parse the body (and build structured content): inline when small, else in the parse pool (below the async

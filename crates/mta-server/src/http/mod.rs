@@ -43,6 +43,7 @@ mod ratelimit;
 mod request;
 mod routes;
 mod status;
+mod suppressions;
 mod tls_policy;
 
 use std::future::Future;

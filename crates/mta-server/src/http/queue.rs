@@ -39,8 +39,16 @@ pub struct QueueEntry<'a> {
     pub in_flight: u64,
     /// Held because the queue is suspended.
     pub held: u64,
-    /// Suspended through `POST /api/v1/queue/{domain}/suspend`.
+    /// Suspended through `POST /api/v1/queue/{domain}/suspend` or by a `[[response_rule]]`.
     pub suspended: bool,
+    /// Why a `[[response_rule]]` suspended it (the rule's action and the reply); `null` otherwise.
+    pub suspended_reason: Option<String>,
+    /// When that suspension ends by itself (RFC 3339 UTC); `null` when not suspended or until resumed.
+    pub suspended_until: Option<String>,
+    /// Why a `[[response_rule]]` throttles the domain's site; `null` when not throttled.
+    pub throttled_reason: Option<String>,
+    /// When that throttle ends (RFC 3339 UTC).
+    pub throttled_until: Option<String>,
 }
 
 /// The counts of every queue added up.
@@ -95,6 +103,10 @@ pub async fn get_queue(State(state): State<HttpState>) -> Response {
                 in_flight: r.counts.in_flight,
                 held: r.counts.held,
                 suspended: r.suspended,
+                suspended_reason: r.suspended_reason.clone(),
+                suspended_until: r.suspended_until_ms.map(mta_core::events::rfc3339_from_ms),
+                throttled_reason: r.throttled_reason.clone(),
+                throttled_until: r.throttled_until_ms.map(mta_core::events::rfc3339_from_ms),
             }
         })
         .collect();

@@ -4,7 +4,7 @@
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
-use super::{cluster, debug, health, inject, openapi, queue, status, tls_policy, HttpState};
+use super::{cluster, debug, health, inject, openapi, queue, status, suppressions, tls_policy, HttpState};
 
 /// One route of the API.
 #[derive(Clone, Copy)]
@@ -38,6 +38,30 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/tls/policy/{domain}",
         auth: true,
         endpoint: || routes!(tls_policy::get_tls_policy),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/suppressions",
+        auth: true,
+        endpoint: || routes!(suppressions::list_suppressions),
+    },
+    Route {
+        method: "PUT",
+        path: "/api/v1/suppressions/{email}",
+        auth: true,
+        endpoint: || routes!(suppressions::put_suppression),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/suppressions/{email}",
+        auth: true,
+        endpoint: || routes!(suppressions::get_suppression),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/v1/suppressions/{email}",
+        auth: true,
+        endpoint: || routes!(suppressions::delete_suppression),
     },
     Route { method: "GET", path: "/api/v1/cluster", auth: true, endpoint: || routes!(cluster::get_cluster) },
     Route { method: "GET", path: "/api/v1/senders", auth: true, endpoint: || routes!(queue::get_senders) },
