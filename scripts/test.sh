@@ -12,6 +12,9 @@ command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
 [ -x /usr/sbin/opendkim ] || need_apt+=(opendkim opendkim-tools)
 # tests/tests/fleet_redis.rs: a real Redis shared by three nodes (started by the test, no persistence).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# tests/tests/console_browser.rs: the operator console in a real headless Chromium, driven over WebDriver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "installing test tools: ${need_apt[*]}"
