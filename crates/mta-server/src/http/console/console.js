@@ -131,8 +131,21 @@
     return parts.join(" · ");
   }
 
+  let shownRows = "";
+
   function renderQueues(summary) {
     const rows = byDomain(summary.queues || []);
+    // Redraw only on change: a button under the pointer stays the same element between refreshes.
+    const key = JSON.stringify(rows);
+    if (key !== shownRows) drawQueues(rows);
+    shownRows = key;
+    const t = summary.totals || {};
+    $("t-queued").textContent = fmt((t.ready || 0) + (t.scheduled || 0) + (t.held || 0) + (t.in_flight || 0));
+    $("t-inflight").textContent = fmt(t.in_flight);
+    $("t-connections").textContent = fmt(summary.connections);
+  }
+
+  function drawQueues(rows) {
     $("queue-rows").replaceChildren(...rows.map((row) => {
       const action = row.suspended
         ? el("button", { type: "button", class: "small resume", "data-test": "resume" }, "Resume")
@@ -149,10 +162,6 @@
         el("td", {}, action));
     }));
     $("queue-empty").hidden = rows.length > 0;
-    const t = summary.totals || {};
-    $("t-queued").textContent = fmt((t.ready || 0) + (t.scheduled || 0) + (t.held || 0) + (t.in_flight || 0));
-    $("t-inflight").textContent = fmt(t.in_flight);
-    $("t-connections").textContent = fmt(summary.connections);
   }
 
   async function act(verb, domain, button) {
@@ -171,7 +180,7 @@
   ];
 
   function renderChart(minutes) {
-    const W = 600, H = 200, left = 40, right = 8, top = 8, bottom = 22;
+    const W = 600, H = 200, left = 40, right = 16, top = 8, bottom = 22;
     const max = Math.max(1, ...minutes.flatMap((m) => SERIES.map(([, f]) => f(m))));
     const step = niceStep(max / 4);
     const ymax = Math.ceil(max / step) * step;
@@ -184,7 +193,8 @@
     }
     minutes.forEach((m, i) => {
       if ((minutes.length - 1 - i) % 5 === 0) {
-        nodes.push(svg("text", { class: "tick", x: x(i), y: H - 6, "text-anchor": "middle" }, shortTime(m.start)));
+        const anchor = i === minutes.length - 1 ? "end" : "middle";
+        nodes.push(svg("text", { class: "tick", x: x(i), y: H - 6, "text-anchor": anchor }, shortTime(m.start)));
       }
     });
     for (const [name, f] of SERIES) {
@@ -205,9 +215,13 @@
     renderChart(minutes);
     // The last bucket is the minute in progress: rates are the one before.
     const last = minutes.length >= 2 ? minutes[minutes.length - 2] : null;
-    $("t-delivered").textContent = last ? fmt(last.delivered) : "–";
-    $("t-deferred").textContent = last ? fmt(last.deferred) : "–";
-    $("t-bounced").textContent = last ? fmt(last.bounced + last.expired) : "–";
+    const now = minutes.length >= 1 ? minutes[minutes.length - 1] : null;
+    const rate = (id, f) => {
+      $(id).replaceChildren(last ? fmt(f(last)) : "–", el("small", {}, now ? " · " + fmt(f(now)) + " now" : ""));
+    };
+    rate("t-delivered", (m) => m.delivered);
+    rate("t-deferred", (m) => m.deferred);
+    rate("t-bounced", (m) => m.bounced + m.expired);
     const classes = ts.bounce_classes || [];
     $("bounce-rows").replaceChildren(...classes.map((c) => el("tr", {},
       el("td", { class: "num" }, c.class), el("td", {}, c.name),
