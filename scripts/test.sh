@@ -14,6 +14,9 @@ command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # tests/tests/amqp_crash.rs: a real RabbitMQ broker (started by the test on its own ports and data dirs).
 [ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+# tests/tests/console_browser.rs: the operator console in a real headless Chromium, driven over WebDriver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "installing test tools: ${need_apt[*]}"

@@ -11,9 +11,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
+
+use crate::throughput::Throughput;
 
 /// What happened to one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -183,6 +186,8 @@ pub struct EventLog {
     subscribers: broadcast::Sender<Event>,
     /// Types some exporter wants: those go to the outbox with the state change they report.
     exported: EventTypes,
+    /// Per-minute counts of every event emitted (the console's time series).
+    throughput: Arc<Throughput>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -197,13 +202,13 @@ impl EventLog {
     pub fn open(path: Option<&Path>) -> std::io::Result<EventLog> {
         let (subscribers, _) = broadcast::channel(4096);
         let Some(path) = path else {
-            return Ok(EventLog { tx: None, subscribers, exported: EventTypes::NONE });
+            return Ok(EventLog { tx: None, subscribers, exported: EventTypes::NONE, throughput: Arc::default() });
         };
         let path = path.to_path_buf();
         let file = open_append(&path)?;
         let (tx, rx) = mpsc::channel(8192);
         std::thread::Builder::new().name("mta-event-log".into()).spawn(move || writer(path, file, rx))?;
-        Ok(EventLog { tx: Some(tx), subscribers, exported: EventTypes::NONE })
+        Ok(EventLog { tx: Some(tx), subscribers, exported: EventTypes::NONE, throughput: Arc::default() })
     }
 
     /// The same log, also writing events of the `exported` types to the outbox (through
@@ -231,6 +236,7 @@ impl EventLog {
         if events.is_empty() {
             return;
         }
+        self.throughput.record(events.iter().map(|e| (e.kind, e.bounce_class)));
         if self.subscribers.receiver_count() > 0 {
             for e in &events {
                 let _ = self.subscribers.send(e.clone());
@@ -248,6 +254,11 @@ impl EventLog {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Command::Reopen).await;
         }
+    }
+
+    /// Per-minute counts of the events emitted over the last hour.
+    pub fn throughput(&self) -> &Throughput {
+        &self.throughput
     }
 
     /// Receive every event from now on (in-process subscribers, for embedders and tests). A slow subscriber

@@ -12,6 +12,7 @@
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
 //! - [`tls_policy`]: outbound TLS policies (MTA-STS): lookup, HTTPS fetch, cache in the spool.
 //! - [`events`]: the delivery event log (JSON lines), in-process subscriptions, stable event ids.
+//! - [`throughput`]: per-minute event counts and bounce classes over the last hour (the console's chart).
 //! - [`export`]: the durable outbox's exporters (`[[webhook]]`), at least once across crashes.
 //! - [`error`]: typed errors, classified for the caller.
 //! - `fuzzing`: the `dsn` fuzz target's logic, shared with the property tests (not a stable API).
@@ -74,6 +75,7 @@ pub mod metrics_catalog;
 pub mod reception;
 pub mod response;
 pub mod suppression;
+pub mod throughput;
 pub mod tls_policy;
 
 pub use delivery::{DeliveryConfig, QueueRow};

@@ -15,6 +15,9 @@
 //!   [`debug`]: `PUT /api/v1/debug/faults`.
 //! - [`health`]: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
 //!   reasons and `Retry-After`), `GET /api/v1/health` (every signal with its value and marks), `/metrics`.
+//! - [`console`]: the operator console (`GET /console`: one page and its script and style, embedded; strict
+//!   CSP), a client of the routes above.
+//! - [`stats`]: `GET /api/v1/stats/timeseries` (per-minute counts, bounce classes: the console's chart).
 //! - [`auth`]: bearer keys, loopback rule, trusted proxies; [`ratelimit`]: per-key token buckets.
 //! - [`error`]: `ApiError` and its JSON form; [`listener`]: the accept loops (plain and TLS), where peer
 //!   addresses are made canonical (an IPv4-mapped IPv6 peer is its IPv4 address from there on).
@@ -27,6 +30,7 @@ mod auth;
 mod body;
 pub mod client;
 mod cluster;
+mod console;
 mod content;
 mod debug;
 mod error;
@@ -42,6 +46,7 @@ mod queue;
 mod ratelimit;
 mod request;
 mod routes;
+mod stats;
 mod status;
 mod suppressions;
 mod tls_policy;
@@ -217,6 +222,7 @@ pub fn router(state: HttpState) -> Router {
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     public
         .merge(api)
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn(track))
         .with_state(state)
@@ -251,8 +257,11 @@ async fn track(req: Request, next: Next) -> Response {
     let route: &'static str = req
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|m| ROUTES.iter().find(|r| r.path == m.as_str()))
-        .map_or("unmatched", |r| r.path);
+        .and_then(|m| {
+            let path = m.as_str();
+            ROUTES.iter().map(|r| r.path).chain(console::PATHS.iter().copied()).find(|p| *p == path)
+        })
+        .unwrap_or("unmatched");
     let method: &'static str = match req.method().as_str() {
         "GET" => "GET",
         "POST" => "POST",

@@ -4,7 +4,7 @@
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
-use super::{cluster, debug, health, inject, openapi, queue, status, suppressions, tls_policy, HttpState};
+use super::{cluster, debug, health, inject, openapi, queue, stats, status, suppressions, tls_policy, HttpState};
 
 /// One route of the API.
 #[derive(Clone, Copy)]
@@ -64,6 +64,7 @@ pub const ROUTES: &[Route] = &[
         endpoint: || routes!(suppressions::delete_suppression),
     },
     Route { method: "GET", path: "/api/v1/cluster", auth: true, endpoint: || routes!(cluster::get_cluster) },
+    Route { method: "GET", path: "/api/v1/stats/timeseries", auth: true, endpoint: || routes!(stats::get_timeseries) },
     Route { method: "GET", path: "/api/v1/senders", auth: true, endpoint: || routes!(queue::get_senders) },
     Route { method: "GET", path: "/api/v1/openapi.json", auth: true, endpoint: || routes!(openapi::get_openapi) },
     Route { method: "GET", path: "/api/v1/health", auth: true, endpoint: || routes!(health::health) },

@@ -165,7 +165,7 @@ pub fn status_of_finished(h: &HistoryRecord) -> MessageStatus {
 }
 
 /// RFC 3339 UTC of milliseconds since the epoch.
-fn rfc3339_ms(ms: u64) -> Option<String> {
+pub(super) fn rfc3339_ms(ms: u64) -> Option<String> {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
