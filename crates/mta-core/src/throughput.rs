@@ -106,6 +106,8 @@ impl Throughput {
                 EventType::TransientFailure => (&mut c.deferred, Some(&mut slot.deferred_by_class)),
                 EventType::Bounce => (&mut c.bounced, Some(&mut slot.bounced_by_class)),
                 EventType::Expiration => (&mut c.expired, Some(&mut slot.bounced_by_class)),
+                // Not message outcomes: a refused recipient was never queued, a rule action is about a site.
+                EventType::Suppressed | EventType::ResponseRule => continue,
             };
             *counter += 1;
             if let (Some(by_class), Some(i)) = (by_class, class.and_then(class_index)) {
