@@ -48,6 +48,7 @@ async fn fill(path: &std::path::Path, entries: u64) {
     }
     list.put_many(&batch).await.expect("store entries");
     spool.close().await;
+    drop((list, spool));
     println!("stored {entries} entries in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -134,6 +135,8 @@ async fn main() {
     );
     drop(list);
     spool.close().await;
+    // The spool's lock goes with its last handle.
+    drop(spool);
 
     let (mut none, mut full) = (Vec::new(), Vec::new());
     for r in 0..rounds {
