@@ -12,6 +12,7 @@
 //!   [`content`]: structured content to MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the
 //!   spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`queue`]: queue administration and sender pre-flight;
+//!   [`transfer`]: queue transfer to a peer and the peer's import route;
 //!   [`debug`]: `PUT /api/v1/debug/faults`.
 //! - [`health`]: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
 //!   reasons and `Retry-After`), `GET /api/v1/health` (every signal with its value and marks), `/metrics`.
@@ -44,6 +45,7 @@ mod request;
 mod routes;
 mod status;
 mod tls_policy;
+mod transfer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -104,6 +106,8 @@ struct Inner {
     backpressure: Backpressure,
     /// Membership in a fleet on Redis (`GET /api/v1/cluster`).
     cluster: Option<Arc<mta_core::cluster::Cluster>>,
+    /// Queue transfers started here (`POST /api/v1/queue/transfer`).
+    transfers: Arc<crate::transfer::Transfers>,
 }
 
 /// Shared state of every HTTP handler; cheap to clone.
@@ -149,6 +153,7 @@ impl HttpState {
             preflight,
             backpressure: Backpressure::disabled(),
             cluster: None,
+            transfers: Arc::default(),
             engine,
             prometheus,
         };
