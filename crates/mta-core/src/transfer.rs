@@ -22,6 +22,12 @@ use crate::Engine;
 /// Prefix of the import markers in the spool's aux tree.
 pub const MARKER_PREFIX: &str = "xfer:";
 
+/// How long an import marker is kept: far longer than any source retries an interrupted transfer.
+pub const MARKER_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Marker deletions per commit when sweeping.
+const SWEEP_BATCH: usize = 1000;
+
 /// Why a transfer step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -269,6 +275,39 @@ impl Engine {
         }
         metrics::counter!("mta_transfer_imported_total").increment(stored_at.len() as u64);
         Ok(outcomes)
+    }
+}
+
+impl Engine {
+    /// Delete import markers older than [`MARKER_TTL`]; how many were deleted.
+    pub async fn sweep_transfer_markers(&self) -> Result<usize, TransferError> {
+        let spool = self.spool().clone();
+        let now = now_ms();
+        let old = tokio::task::spawn_blocking(move || {
+            let entries = spool.aux_scan_prefix(MARKER_PREFIX.as_bytes())?;
+            Ok::<_, SpoolError>(
+                entries
+                    .into_iter()
+                    .filter(|(_, v)| {
+                        let stamp = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|t| t.rsplit_once(' '))
+                            .and_then(|(_, ms)| ms.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        now.saturating_sub(stamp) > MARKER_TTL.as_millis() as u64
+                    })
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .map_err(|e| TransferError::Join(e.to_string()))??;
+        let n = old.len();
+        for chunk in old.chunks(SWEEP_BATCH) {
+            let ops = chunk.iter().map(|k| Op::AuxRemove { key: k.clone() }).collect();
+            self.spool().commit(ops).await?;
+        }
+        Ok(n)
     }
 }
 

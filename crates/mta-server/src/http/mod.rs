@@ -293,6 +293,20 @@ fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
+/// Delete expired queue-import markers every hour ([`mta_core::transfer::MARKER_TTL`]).
+async fn sweep_transfer_markers(engine: Engine) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match engine.sweep_transfer_markers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired queue-import markers removed"),
+            Err(e) => tracing::warn!(error = %e, "queue-import marker sweep failed"),
+        }
+    }
+}
+
 /// Serve the API until `shutdown` resolves, then finish in-flight requests. HTTP/1.1 and HTTP/2 (prior
 /// knowledge on plain TCP, ALPN over TLS); TLS when `http.tls_cert`/`http.tls_key` are set.
 ///
@@ -301,6 +315,7 @@ fn status_label(status: StatusCode) -> &'static str {
 /// waits for open requests.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Future<Output = ()> + Send + 'static) {
     let sweeper = tokio::spawn(state.inner.idempotency.clone().run_sweeper());
+    let markers = tokio::spawn(sweep_transfer_markers(state.inner.engine.clone()));
     let drain_state = state.clone();
     let shutdown = async move {
         shutdown.await;
@@ -326,6 +341,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
         },
     };
     sweeper.abort();
+    markers.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
     }

@@ -86,10 +86,13 @@ pub enum StartError {
     Running(String),
 }
 
+/// Jobs by id, and their ids oldest first (to forget the oldest beyond [`KEEP_JOBS`]).
+type Jobs = (HashMap<String, Arc<Job>>, VecDeque<String>);
+
 /// The node's transfers: started, running and recently finished.
 #[derive(Debug, Default)]
 pub struct Transfers {
-    jobs: Mutex<(HashMap<String, Arc<Job>>, VecDeque<String>)>,
+    jobs: Mutex<Jobs>,
 }
 
 impl Transfers {
