@@ -57,6 +57,9 @@ fn every_answer_conforms_to_the_document() {
                   response_headers_conformance";
     let out = Command::new("st")
         .args(["--no-color", "run", &url, "--checks", checks, "--max-examples", "25", "--seed", "17"])
+        // A generated transfer body names a random peer host that the server would then resolve and connect
+        // to: traffic off the loopback. That route is exercised against a real peer in `queue_transfer.rs`.
+        .args(["--exclude-operation-id", "startTransfer"])
         .current_dir(&server.dir)
         .output()
         .expect("run schemathesis");

@@ -223,6 +223,8 @@ struct Inner {
     suppressions: Arc<Suppressions>,
     /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor): stopped at shutdown.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Serializes queue imports: the duplicate check and the commit of one batch are one step.
+    import_lock: tokio::sync::Mutex<()>,
 }
 
 /// The mail engine; cheap to clone.
@@ -370,6 +372,7 @@ impl Engine {
                 history,
                 suppressions,
                 tasks: parking_lot::Mutex::new(tasks),
+                import_lock: tokio::sync::Mutex::new(()),
             }),
         };
         Ok((engine, report))
@@ -513,6 +516,11 @@ impl Engine {
     /// The budget for message bytes in memory (shared by every entry point).
     pub fn body_budget(&self) -> &BodyBudget {
         &self.inner.body_budget
+    }
+
+    /// The lock every queue import holds ([`crate::transfer`]).
+    pub(crate) fn import_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.import_lock
     }
 
     pub(crate) fn check_accepting(&self) -> Result<(), InjectError> {

@@ -10,6 +10,7 @@
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
 //! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
+//! - [`transfer`]: moving queued messages to another node (what leaves, how a node takes them in, once).
 //! - [`tls_policy`]: outbound TLS policies (MTA-STS): lookup, HTTPS fetch, cache in the spool.
 //! - [`events`]: the delivery event log (JSON lines), in-process subscriptions, stable event ids.
 //! - [`throughput`]: per-minute event counts and bounce classes over the last hour (the console's chart).
@@ -77,6 +78,7 @@ pub mod response;
 pub mod suppression;
 pub mod throughput;
 pub mod tls_policy;
+pub mod transfer;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};

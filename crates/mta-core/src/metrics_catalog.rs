@@ -108,6 +108,11 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_spool_round_ops", kind: MetricKind::Histogram, unit: None, help: "Operations per spool commit round (how many writes one sync covered)." },
     MetricDoc { name: "mta_suppressions", kind: MetricKind::Gauge, unit: None, help: "Entries in the suppression list's in-memory index." },
     MetricDoc { name: "mta_tls_policy_total", kind: MetricKind::Counter, unit: None, help: "Outbound TLS policy outcomes, by source (mta-sts), mode and result: per destination lookup matched, mx_mismatch or fetch_error; per connection under an enforced policy tls_verified or the RFC 8460 failure type (starttls-not-supported, certificate-host-mismatch, ...)." },
+    MetricDoc { name: "mta_transfer_failed_total", kind: MetricKind::Counter, unit: None, help: "Messages a queue transfer could not move to its peer (they stay queued here)." },
+    MetricDoc { name: "mta_transfer_imported_total", kind: MetricKind::Counter, unit: None, help: "Messages taken in from another node by POST /api/v1/queue/import (repeats not counted)." },
+    MetricDoc { name: "mta_transfer_in_progress", kind: MetricKind::Gauge, unit: None, help: "Messages of a queue transfer sent to the peer and not yet acknowledged." },
+    MetricDoc { name: "mta_transfer_moved_total", kind: MetricKind::Counter, unit: None, help: "Messages a queue transfer moved to its peer (acknowledged durable there, removed here)." },
+    MetricDoc { name: "mta_transfer_running", kind: MetricKind::Gauge, unit: None, help: "Queue transfers running on this node (0 or 1)." },
 ];
 
 /// Describe every metric of [`METRICS`] to the installed `metrics` recorder (call once, after installing it).

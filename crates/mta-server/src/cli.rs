@@ -35,17 +35,20 @@ pub enum Command {
         #[command(subcommand)]
         command: SuppressionCommand,
     },
-    /// Per-queue summary from a running server.
+    /// Per-queue summary from a running server (or, with `transfer`, move its queue to a peer).
     Queue {
         /// Base URL of the server's HTTP API (default: from the config's http.listen).
-        #[arg(long)]
+        #[arg(long, global = true)]
         http: Option<String>,
         /// API key.
-        #[arg(long)]
+        #[arg(long, global = true)]
         token: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// A queue action (none: print the summary).
+        #[command(subcommand)]
+        command: Option<QueueCommand>,
     },
     /// Read an API key (or, with --password, an SMTP password) on stdin and print its hash for the config.
     HashKey {
@@ -71,6 +74,23 @@ pub enum SuppressionCommand {
         /// Only this tenant's entries.
         #[arg(long)]
         tenant: Option<String>,
+    },
+}
+
+/// `queue` actions on a running server.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Move queued messages (all, or one destination domain) to a peer node and wait until done.
+    Transfer {
+        /// The peer's API base URL (`http://host:port`).
+        #[arg(long)]
+        to: String,
+        /// An API key of the peer.
+        #[arg(long = "to-token")]
+        to_token: String,
+        /// Only this destination domain.
+        #[arg(long)]
+        domain: Option<String>,
     },
 }
 

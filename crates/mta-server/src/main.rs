@@ -6,6 +6,7 @@
 //! - `serve`: start-up, listeners, signals and graceful stop.
 //! - `smtp_handler`: the policy between SMTP sessions and the engine (relay control, AUTH, queueing).
 //! - `http`: the HTTP API (injection, status, health, metrics).
+//! - `transfer`: queue transfer to a peer node (`POST /api/v1/queue/transfer`, `queue transfer`).
 //! - `spool_cmd`: offline spool tools; `secrets`: key and password hashes; `tls`, `telemetry`.
 
 mod cli;
@@ -17,6 +18,7 @@ mod spool_cmd;
 mod suppression_cmd;
 mod telemetry;
 mod tls;
+mod transfer;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -24,7 +26,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mta_server::config;
 
-use crate::cli::{Cli, Command, SpoolCommand, SuppressionCommand};
+use crate::cli::{Cli, Command, QueueCommand, SpoolCommand, SuppressionCommand};
 use crate::config::Config;
 
 /// Failures that are the user's to fix: exit code 2.
@@ -72,11 +74,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 SuppressionCommand::Export { tenant } => suppression_cmd::export(&config, tenant.as_deref()),
             }
         }
-        Command::Queue { http, token, json } => {
+        Command::Queue { http, token, json, command } => {
             let config = load_config(config_path.as_deref())?;
             let url = http.unwrap_or_else(|| format!("http://{}", config.http.listen));
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(http::client::queue_summary(&url, token.as_deref(), json))
+            match command {
+                None => runtime.block_on(http::client::queue_summary(&url, token.as_deref(), json)),
+                Some(QueueCommand::Transfer { to, to_token, domain }) => runtime
+                    .block_on(http::client::queue_transfer(&url, token.as_deref(), &to, &to_token, domain.as_deref())),
+            }
         }
         Command::HashKey { password } => {
             let mut input = String::new();

@@ -50,8 +50,8 @@ pub use error::SpoolError;
 pub use id::{IdGenerator, QueueId};
 pub use outbox::{OutboxStats, OUTBOX_PREFIX};
 pub use record::{
-    BodyLocation, DomainSchedule, MessageKind, MessageRecord, Priority, RecipientRecord, RecipientState, RecordError,
-    Source, INLINE_MAX, INLINE_SEGMENT,
+    domain_of, BodyLocation, DomainSchedule, MessageKind, MessageRecord, Priority, RecipientRecord, RecipientState,
+    RecordError, Source, INLINE_MAX, INLINE_SEGMENT,
 };
 pub use spool::{
     AuxEntry, Fetched, ScanReport, Spool, SpoolConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_ROUND_BYTES,

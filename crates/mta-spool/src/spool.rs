@@ -284,6 +284,31 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
+    /// Up to `limit` records with ids after `after` (from the first when `None`), in id order, oldest first
+    /// (blocking). For walking the spool online in pages; undecodable entries are skipped (a recovery scan
+    /// quarantines them).
+    pub fn records_after(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<MessageRecord>, SpoolError> {
+        let shared = self.shared();
+        let index = shared.index()?;
+        let range = match after {
+            Some(id) => index
+                .records
+                .range::<&[u8], _>((std::ops::Bound::Excluded(id.as_str().as_bytes()), std::ops::Bound::Unbounded)),
+            None => index.records.iter(),
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in range {
+            let (_, v) = item.map_err(|e| SpoolError::sled("read records", e))?;
+            if let Ok(r) = MessageRecord::decode(&v) {
+                out.push(r);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// The record of message `id`, if present.
     pub async fn get(&self, id: &QueueId) -> Result<Option<MessageRecord>, SpoolError> {
         let this = self.clone();

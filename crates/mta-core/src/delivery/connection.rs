@@ -41,8 +41,12 @@ const PREFETCH_BODY_BYTES: u64 = 64 * 1024;
 /// after a crash, how many received-but-unrecorded 250s a connection can leave to be delivered again.
 const MAX_RECORDING: usize = 32;
 
+/// How soon a message found claimed by a queue transfer is tried again (if the transfer fails, it stays here).
+const TRANSFER_RETRY_MS: u64 = 10_000;
+
 /// A message taken for this connection, with what the spool returned for it.
-type Taken = (Work, Result<Option<Fetched>, mta_spool::SpoolError>);
+/// The third part is the owners' epoch before the read (a transfer's change after it makes the copy stale).
+type Taken = (Work, Result<Option<Fetched>, mta_spool::SpoolError>, u64);
 
 /// Results being made durable in the background while the connection carries the next message, so a
 /// connection's rate is not one commit round per message. The connection waits for all of them before it
@@ -112,9 +116,9 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
             }
             fetch(ctx, batch, &mut taken).await;
         }
-        let Some((w, fetched)) = taken.pop_front() else { continue };
+        let Some((w, fetched, epoch)) = taken.pop_front() else { continue };
         sent += 1;
-        next = deliver_one(ctx, key, conn.as_mut(), &mx, w, fetched, &mut recording).await;
+        next = deliver_one(ctx, key, conn.as_mut(), &mx, (w, fetched, epoch), &mut recording).await;
         if matches!(next, Next::Close) {
             break;
         }
@@ -141,8 +145,9 @@ async fn next_batch(ctx: &Arc<Context>, key: &SiteKey, max: usize) -> Vec<Work> 
 /// Mark `batch` in flight and read its records and bodies in one trip to the spool.
 async fn fetch(ctx: &Arc<Context>, batch: Vec<Work>, taken: &mut VecDeque<Taken>) {
     let (works, ids) = ctx.timers.take_in_flight(batch);
+    let epoch = ctx.owners.epoch();
     let reads = ctx.spool.get_many_with_body(ids, PREFETCH_BODY_BYTES).await;
-    taken.extend(works.into_iter().zip(reads));
+    taken.extend(works.into_iter().zip(reads).map(|(w, r)| (w, r, epoch)));
 }
 
 /// Return prefetched messages the connection did not send to the front of the site's ready queue, in order.
@@ -150,7 +155,7 @@ fn give_back(ctx: &Arc<Context>, key: &SiteKey, taken: VecDeque<Taken>) {
     if taken.is_empty() {
         return;
     }
-    let works: Vec<Work> = taken.into_iter().map(|(w, _)| w).collect();
+    let works: Vec<Work> = taken.into_iter().map(|(w, _, _)| w).collect();
     // One owner at a time (no lock order to keep in mind): the site queue first, the timer for any leftover.
     let orphaned = ctx.sites.give_back(key, &works);
     ctx.timers.transition_all(&works, State::InFlight, State::Ready);
@@ -162,8 +167,7 @@ async fn deliver_one(
     key: &SiteKey,
     conn: &mut dyn Session,
     mx: &str,
-    w: Work,
-    fetched: Result<Option<Fetched>, mta_spool::SpoolError>,
+    (w, fetched, epoch): Taken,
     recording: &mut Recording,
 ) -> Next {
     let domain = ctx.timers.domain_name(w.domain);
@@ -188,6 +192,24 @@ async fn deliver_one(
         }
         Err(e) => return unreadable(ctx, w, e, now),
     };
+    // Held until the result is durable (the recording task drops it): a transfer cannot take it meanwhile.
+    let Some(owned) = ctx.owners.deliver(&rec.id) else {
+        // Being moved to another node: if the move fails it is due again soon.
+        ctx.timers.reschedule(w, State::InFlight, now + TRANSFER_RETRY_MS);
+        return Next::Continue;
+    };
+    let mut rec = rec;
+    if ctx.owners.epoch() != epoch {
+        // A transfer changed some message since this copy was read: read it again (it may be gone).
+        match ctx.spool.get(&rec.id).await {
+            Ok(Some(fresh)) => rec = fresh,
+            Ok(None) => {
+                ctx.timers.leave(&w, State::InFlight);
+                return Next::Continue;
+            }
+            Err(e) => return unreadable(ctx, w, e, now),
+        }
+    }
     let rcpts: Vec<String> = rec
         .recipients
         .iter()
@@ -292,6 +314,7 @@ async fn deliver_one(
     let (recorder, mx) = (ctx.recorder.clone(), mx.to_string());
     let task = tokio::spawn(async move {
         recorder.record(w, State::InFlight, outcomes, Some(mx), known).await;
+        drop(owned);
     });
     recording.push(task).await;
     next

@@ -44,6 +44,8 @@ pub(crate) struct Context {
     hold: parking_lot::RwLock<Option<HoldCheck>>,
     /// MTA-STS policies (`None`: `delivery.mta_sts = "off"`, and the runtime's unit tests).
     pub(crate) policies: Option<Arc<crate::tls_policy::TlsPolicies>>,
+    /// Messages being sent or moved to another node: the two never overlap.
+    pub(crate) owners: super::owners::Owners,
 }
 
 impl Context {
@@ -83,6 +85,7 @@ impl Context {
             idle: Notify::new(),
             hold: parking_lot::RwLock::new(None),
             policies: None,
+            owners: super::owners::Owners::default(),
         }
     }
 

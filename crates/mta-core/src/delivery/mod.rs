@@ -63,6 +63,7 @@ pub(crate) mod site;
 mod clock;
 mod connection;
 mod context;
+pub mod owners;
 mod recorder;
 mod runtime;
 mod sites;
@@ -81,6 +82,7 @@ use crate::tls_policy::MtaStsSetting;
 
 pub use context::HoldCheck;
 pub use fleet::{FleetFuture, FleetLimits};
+pub use owners::{Owned, Owners};
 pub use runtime::Delivery;
 pub use scheduler::{QueueCounts, QueueRow};
 

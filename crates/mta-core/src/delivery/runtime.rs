@@ -133,6 +133,11 @@ impl Delivery {
         self.ctx.timers.wake_all();
     }
 
+    /// The table through which a queue transfer claims messages so that they are not sent meanwhile.
+    pub fn owners(&self) -> &super::owners::Owners {
+        &self.ctx.owners
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.ctx.connections()

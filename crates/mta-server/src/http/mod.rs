@@ -12,6 +12,7 @@
 //!   [`content`]: structured content to MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the
 //!   spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`queue`]: queue administration and sender pre-flight;
+//!   [`transfer`]: queue transfer to a peer and the peer's import route;
 //!   [`debug`]: `PUT /api/v1/debug/faults`.
 //! - [`health`]: `/health/live`, `/health/ready` (back-pressure state: 200 healthy/degraded, 503 shedding with
 //!   reasons and `Retry-After`), `GET /api/v1/health` (every signal with its value and marks), `/metrics`.
@@ -50,6 +51,7 @@ mod stats;
 mod status;
 mod suppressions;
 mod tls_policy;
+mod transfer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,6 +112,8 @@ struct Inner {
     backpressure: Backpressure,
     /// Membership in a fleet on Redis (`GET /api/v1/cluster`).
     cluster: Option<Arc<mta_core::cluster::Cluster>>,
+    /// Queue transfers started here (`POST /api/v1/queue/transfer`).
+    transfers: Arc<crate::transfer::Transfers>,
 }
 
 /// Shared state of every HTTP handler; cheap to clone.
@@ -155,6 +159,7 @@ impl HttpState {
             preflight,
             backpressure: Backpressure::disabled(),
             cluster: None,
+            transfers: Arc::default(),
             engine,
             prometheus,
         };
@@ -298,6 +303,20 @@ fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
+/// Delete expired queue-import markers every hour ([`mta_core::transfer::MARKER_TTL`]).
+async fn sweep_transfer_markers(engine: Engine) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match engine.sweep_transfer_markers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired queue-import markers removed"),
+            Err(e) => tracing::warn!(error = %e, "queue-import marker sweep failed"),
+        }
+    }
+}
+
 /// Serve the API until `shutdown` resolves, then finish in-flight requests. HTTP/1.1 and HTTP/2 (prior
 /// knowledge on plain TCP, ALPN over TLS); TLS when `http.tls_cert`/`http.tls_key` are set.
 ///
@@ -306,6 +325,7 @@ fn status_label(status: StatusCode) -> &'static str {
 /// waits for open requests.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Future<Output = ()> + Send + 'static) {
     let sweeper = tokio::spawn(state.inner.idempotency.clone().run_sweeper());
+    let markers = tokio::spawn(sweep_transfer_markers(state.inner.engine.clone()));
     let drain_state = state.clone();
     let shutdown = async move {
         shutdown.await;
@@ -331,6 +351,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl Futur
         },
     };
     sweeper.abort();
+    markers.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
     }

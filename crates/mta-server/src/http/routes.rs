@@ -4,7 +4,9 @@
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
-use super::{cluster, debug, health, inject, openapi, queue, stats, status, suppressions, tls_policy, HttpState};
+use super::{
+    cluster, debug, health, inject, openapi, queue, stats, status, suppressions, tls_policy, transfer, HttpState,
+};
 
 /// One route of the API.
 #[derive(Clone, Copy)]
@@ -31,6 +33,19 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/v1/messages/{id}", auth: true, endpoint: || routes!(status::get_message) },
     Route { method: "PUT", path: "/api/v1/debug/faults", auth: true, endpoint: || routes!(debug::put_faults) },
     Route { method: "GET", path: "/api/v1/queue", auth: true, endpoint: || routes!(queue::get_queue) },
+    Route {
+        method: "POST",
+        path: "/api/v1/queue/transfer",
+        auth: true,
+        endpoint: || routes!(transfer::start_transfer),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/queue/transfer/{transfer_id}",
+        auth: true,
+        endpoint: || routes!(transfer::get_transfer),
+    },
+    Route { method: "POST", path: "/api/v1/queue/import", auth: true, endpoint: || routes!(transfer::import) },
     Route { method: "POST", path: "/api/v1/queue/{domain}/suspend", auth: true, endpoint: || routes!(queue::suspend) },
     Route { method: "POST", path: "/api/v1/queue/{domain}/resume", auth: true, endpoint: || routes!(queue::resume) },
     Route {
