@@ -297,7 +297,7 @@ fn encode_cursor(key: &[u8]) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<Vec<u8>> {
-    if c.len() % 2 != 0 || c.len() > 2 * (PREFIX.len() + MAX_TENANT + MAX_ADDRESS + 1) {
+    if !c.len().is_multiple_of(2) || c.len() > 2 * (PREFIX.len() + MAX_TENANT + MAX_ADDRESS + 1) {
         return None;
     }
     (0..c.len()).step_by(2).map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok()).collect()
