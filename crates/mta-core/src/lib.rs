@@ -10,7 +10,8 @@
 //! - [`reception`]: what every entry point does at reception (envelope checks, our `Received:` header).
 //! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
-//! - [`tls_policy`]: outbound TLS policies (MTA-STS): lookup, HTTPS fetch, cache in the spool.
+//! - [`tls_policy`]: outbound TLS policies (DANE, MTA-STS): lookup, HTTPS fetch, cache in the spool.
+//! - [`tls_report`]: TLS reporting (RFC 8460): session counts per policy domain, reports to `rua`.
 //! - [`events`]: the delivery event log (JSON lines), in-process subscriptions, stable event ids.
 //! - [`export`]: the durable outbox's exporters (`[[webhook]]`), at least once across crashes.
 //! - [`error`]: typed errors, classified for the caller.
@@ -73,6 +74,7 @@ pub mod metrics_catalog;
 pub mod reception;
 pub mod response;
 pub mod tls_policy;
+pub mod tls_report;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};

@@ -101,7 +101,8 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_spool_fsyncs_total", kind: MetricKind::Counter, unit: None, help: "fsync and fdatasync calls made by the spool." },
     MetricDoc { name: "mta_spool_records", kind: MetricKind::Gauge, unit: None, help: "Messages in the spool." },
     MetricDoc { name: "mta_spool_round_ops", kind: MetricKind::Histogram, unit: None, help: "Operations per spool commit round (how many writes one sync covered)." },
-    MetricDoc { name: "mta_tls_policy_total", kind: MetricKind::Counter, unit: None, help: "Outbound TLS policy outcomes, by source (mta-sts), mode and result: per destination lookup matched, mx_mismatch or fetch_error; per connection under an enforced policy tls_verified or the RFC 8460 failure type (starttls-not-supported, certificate-host-mismatch, ...)." },
+    MetricDoc { name: "mta_tls_policy_total", kind: MetricKind::Counter, unit: None, help: "Outbound TLS policy outcomes, by source (mta-sts, dane), mode and result: per destination lookup matched, mx_mismatch, fetch_error, tlsa_invalid or tlsa_lookup_failed; per connection under an enforced policy tls_verified or the RFC 8460 failure type (starttls-not-supported, certificate-host-mismatch, validation-failure, ...)." },
+    MetricDoc { name: "mta_tls_reports_sent_total", kind: MetricKind::Counter, unit: None, help: "TLS reports (RFC 8460) handed to a rua destination, by result (ok: uploaded over HTTPS or queued as mail; failed)." },
 ];
 
 /// Describe every metric of [`METRICS`] to the installed `metrics` recorder (call once, after installing it).

@@ -44,6 +44,10 @@ pub(crate) struct Context {
     hold: parking_lot::RwLock<Option<HoldCheck>>,
     /// MTA-STS policies (`None`: `delivery.mta_sts = "off"`, and the runtime's unit tests).
     pub(crate) policies: Option<Arc<crate::tls_policy::TlsPolicies>>,
+    /// TLS report counters (`None`: `tls_report.enabled = false`).
+    pub(crate) tls_reports: Option<Arc<crate::tls_report::TlsReports>>,
+    /// How reports leave (with `tls_reports`).
+    pub(crate) tls_report_sender: Option<Arc<crate::tls_report::Sender>>,
 }
 
 impl Context {
@@ -83,6 +87,8 @@ impl Context {
             idle: Notify::new(),
             hold: parking_lot::RwLock::new(None),
             policies: None,
+            tls_reports: None,
+            tls_report_sender: None,
         }
     }
 

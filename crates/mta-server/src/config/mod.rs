@@ -11,7 +11,7 @@
 //! otherwise it converts into it with `From` (`[dns]` into `DnsConfig`, `[delivery]` into `DeliveryConfig`,
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
-//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `outbox`: the sections.
+//!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `outbox`, `tls_report`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod auth;
@@ -31,6 +31,7 @@ mod server;
 mod shaping;
 mod smtp;
 mod spool;
+mod tls_report;
 mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ pub use self::server::{machine_hostname, ServerSection, DEFAULT_SHUTDOWN_TIMEOUT
 pub use self::shaping::{parse_rate, Rate, ShapingSection};
 pub use self::smtp::{SmtpSection, UserSection, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use self::spool::SpoolSection;
+pub use self::tls_report::TlsReportSection;
 pub use self::webhook::WebhookSection;
 pub use mta_core::auth::{AuthPolicy, Policy};
 pub use mta_core::delivery::Route;
@@ -94,6 +96,8 @@ pub struct Config {
     pub webhook: Vec<WebhookSection>,
     /// The bound of the outbox the exporters read.
     pub outbox: OutboxSection,
+    /// TLS reporting (RFC 8460).
+    pub tls_report: TlsReportSection,
 }
 
 /// A value that parses but makes no sense: the dotted key and what is wrong (sections' checks return it).
