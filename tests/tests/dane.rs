@@ -98,7 +98,7 @@ async fn dane_delivers_on_a_match_defers_on_a_mismatch_until_fixed_and_ignores_u
         "unauth.test",
     ]);
     let good = tls_sink("127.0.0.2", port, &good_cert).await;
-    let mut bad = tls_sink("127.0.0.3", port, &bad_cert).await;
+    let bad = tls_sink("127.0.0.3", port, &bad_cert).await;
     let unauth = tls_sink("127.0.0.4", port, &bad_cert).await;
     let config = format!(
         "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"1s\"\nnegative_ttl = \"1s\"\ndnssec = \"trust-ad\"\n\
