@@ -250,3 +250,73 @@ async fn tls_reports_with_the_right_counts_reach_an_https_endpoint_and_a_mailto_
     check(&mailed);
     assert!(bad.messages().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_period_s_counts_survive_a_kill_9() {
+    let (port, https_port) = (mta_tests::free_port(), mta_tests::free_port());
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let endpoint_key = KeyPair::generate().unwrap();
+    let endpoint_cert =
+        CertificateParams::new(vec!["report.test".to_string()]).unwrap().signed_by(&endpoint_key, &ca).unwrap();
+    let endpoint = ReportEndpoint::start(
+        SocketAddr::new(ip("127.0.0.9"), https_port),
+        &endpoint_cert.pem(),
+        &endpoint_key.serialize_pem(),
+    )
+    .await;
+    let good_cert = self_signed("mx.good.test");
+    let zone = TestZone::new("test")
+        .ttl(1)
+        .mail_domain("good.test", &[(10, "mx.good.test", ip("127.0.0.2"))])
+        .tlsa("_25._tcp.mx.good.test", 3, 1, 1, Sha256::digest(&good_cert.2).to_vec())
+        .txt("_smtp._tls.good.test", &[&format!("v=TLSRPTv1; rua=https://report.test:{https_port}/tlsrpt")])
+        .a("report.test", "127.0.0.9".parse().unwrap());
+    let dns = TestDnsServer::start(vec![zone]).await.unwrap();
+    let resolver = FaultyProxy::start(dns.addr()).await.unwrap();
+    resolver.set_authenticated_names(&["good.test", "_25._tcp.mx.good.test"]);
+    let good = SinkHandle::start(
+        SocketAddr::new(ip("127.0.0.2"), port),
+        SinkConfig { starttls: Some((good_cert.0.clone(), good_cert.1.clone())), ..Default::default() },
+    )
+    .await;
+    // 12 s periods (aligned on multiples of 12 s of Unix time), counts flushed every 3 s.
+    let config = format!(
+        "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"1s\"\nnegative_ttl = \"1s\"\ndnssec = \"trust-ad\"\n\
+         [delivery]\nport = {port}\nretry_intervals = [\"1h\"]\nsmtp_timeout = \"5s\"\ntls_ca_file = \"{}\"\n\
+         [tls_report]\nenabled = true\ninterval = \"12s\"\n",
+        resolver.addr(),
+        ca_file.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::task::block_in_place(|| TestServer::start_in(dir.path(), &config, None, None));
+    // Start at the beginning of a period, so the kill and the restart fall inside it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(Duration::from_millis(12_200 - (now.as_millis() % 12_000) as u64)).await;
+    let period_start = Instant::now();
+    send(&server, "a@good.test");
+    assert!(good.wait_for_messages(1, Duration::from_secs(5)).await, "{}", server.stderr());
+    // Two flush ticks, then a crash well before the period ends.
+    tokio::time::sleep(Duration::from_millis(7_000).saturating_sub(period_start.elapsed())).await;
+    assert!(period_start.elapsed() < Duration::from_secs(9), "the test machine is too slow for this period");
+    assert!(endpoint.posts().is_empty(), "no report before the period ends");
+    server.kill9();
+    drop(server);
+    let server = tokio::task::block_in_place(|| TestServer::start_in(dir.path(), &config, None, None));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while endpoint.posts().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posts = endpoint.posts();
+    assert_eq!(posts.len(), 1, "{}", server.stderr());
+    let report = gunzip(&posts[0].1);
+    let p = &report["policies"][0];
+    assert_eq!(p["policy"]["policy-domain"], "good.test", "{report}");
+    assert_eq!(p["summary"]["total-successful-session-count"], 1, "the count made before the crash: {report}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 0, "{report}");
+}
