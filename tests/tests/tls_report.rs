@@ -29,9 +29,12 @@ fn self_signed(name: &str) -> (String, String, Vec<u8>) {
     (cert.pem(), key.serialize_pem(), key.subject_public_key_info())
 }
 
-/// An HTTPS server (certificate from a test CA) keeping every POST: (request head, body).
+/// The POSTs an endpoint received: (request head, body).
+type Posts = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An HTTPS server (certificate from a test CA) keeping every POST.
 struct ReportEndpoint {
-    posts: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    posts: Posts,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,7 +57,7 @@ impl ReportEndpoint {
                 .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-        let posts: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let posts: Posts = Arc::default();
         let p = posts.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
