@@ -420,3 +420,86 @@ async fn enforce_defers_when_a_man_in_the_middle_strips_starttls() {
     assert!(direct.wait_for_messages(1, Duration::from_secs(20)).await, "{}", server.stderr());
     assert!(direct.messages()[0].tls);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enforce_defers_on_an_expired_certificate_and_says_why() {
+    let (port, policy_port) = (free_port(), free_port());
+    let ca = TestCa::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_root(tmp.path());
+    let zone = sts_domain(TestZone::new("test"), "dest.test", &[(10, "mx.dest.test", ip("127.0.0.2"))], "1");
+    // The right name, the trusted CA, but expired since 2021.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["mx.dest.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.signed_by(&key, &ca.issuer).unwrap();
+    let mx = sink(
+        "127.0.0.2",
+        port,
+        SinkConfig { starttls: Some((expired.pem(), key.serialize_pem())), ..Default::default() },
+    )
+    .await;
+    let host = PolicyHost::start(SocketAddr::new(ip("127.0.0.9"), policy_port), &ca, &["mta-sts.dest.test"]).await;
+    host.set("mta-sts.dest.test", &policy("enforce", &["mx.dest.test"]));
+    let dns = TestDnsServer::start(vec![zone]).await.unwrap();
+    let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
+
+    send(&server, "b@dest.test");
+    let events =
+        wait_events(&server, Duration::from_secs(20), |e| count(e, "transient_failure", "b@dest.test") >= 2).await;
+    assert!(count(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
+    assert_eq!(count(&events, "bounce", "b@dest.test") + count(&events, "delivery", "b@dest.test"), 0);
+    let failure = events.iter().find(|e| e["type"] == "transient_failure" && e["recipient"] == "b@dest.test").unwrap();
+    let response = failure["response"].as_str().unwrap();
+    assert!(response.contains("4.7.5"), "{failure}");
+    assert!(response.contains("mta-sts policy: certificate-expired"), "the event says which policy and why: {failure}");
+    assert!(mx.messages().is_empty() && no_mail_command(&mx), "nothing sent past an expired certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_is_refreshed_before_it_expires() {
+    let (port, policy_port) = (free_port(), free_port());
+    let ca = TestCa::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_root(tmp.path());
+    let zone = sts_domain(TestZone::new("test"), "dest.test", &[(10, "mx.dest.test", ip("127.0.0.2"))], "1");
+    let good = sink("127.0.0.2", port, tls_sink(&ca, &["mx.dest.test"])).await;
+    let host = PolicyHost::start(SocketAddr::new(ip("127.0.0.9"), policy_port), &ca, &["mta-sts.dest.test"]).await;
+    // max_age 12 s: the refresh window is its last quarter (the last 3 s).
+    let short = policy("enforce", &["mx.dest.test"]).replace("max_age: 86400", "max_age: 12");
+    host.set("mta-sts.dest.test", &short);
+    let dns = TestDnsServer::start(vec![zone]).await.unwrap();
+    let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
+    let view = || {
+        tokio::task::block_in_place(|| http_request(server.http, "GET", "/api/v1/tls/policy/dest.test", &[], b""))
+            .json()
+    };
+
+    send(&server, "a@dest.test");
+    assert!(good.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
+    let fetched_at = Instant::now();
+    assert_eq!(host.fetches(), 1);
+    let first = view();
+    assert_eq!(first["mode"], "enforce", "{first}");
+    // Still fresh: a lookup uses the cache, nothing is fetched.
+    send(&server, "b@dest.test");
+    assert!(good.wait_for_messages(2, Duration::from_secs(15)).await);
+    assert_eq!(host.fetches(), 1, "one fetch per max_age while the policy is fresh");
+
+    // In the last quarter of max_age (10 s in; it expires 11-12 s after the fetch, counted in whole seconds) a
+    // lookup refreshes it in the background.
+    tokio::time::sleep(Duration::from_millis(10_000).saturating_sub(fetched_at.elapsed())).await;
+    let _ = view();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.fetches() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(host.fetches(), 2, "refreshed before expiry");
+    assert!(fetched_at.elapsed() < Duration::from_secs(11), "the refresh came before the policy expired");
+    let refreshed = view();
+    assert_ne!(refreshed["expires"], first["expires"], "{refreshed}");
+    send(&server, "c@dest.test");
+    assert!(good.wait_for_messages(3, Duration::from_secs(15)).await);
+    assert!(good.messages().iter().all(|m| m.tls));
+}

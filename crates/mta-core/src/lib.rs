@@ -11,7 +11,8 @@
 //! - [`incoming`]: [`Incoming`], a message received in pieces with bounded memory (staged to disk when large).
 //! - [`metrics_catalog`]: every exported metric with its help text and unit.
 //! - [`transfer`]: moving queued messages to another node (what leaves, how a node takes them in, once).
-//! - [`tls_policy`]: outbound TLS policies (MTA-STS): lookup, HTTPS fetch, cache in the spool.
+//! - [`tls_policy`]: outbound TLS policies (DANE, MTA-STS): lookup, HTTPS fetch, cache in the spool.
+//! - [`tls_report`]: TLS reporting (RFC 8460): session counts per policy domain, reports to `rua`.
 //! - [`events`]: the delivery event log (JSON lines), in-process subscriptions, stable event ids.
 //! - [`throughput`]: per-minute event counts and bounce classes over the last hour (the console's chart).
 //! - [`export`]: the durable outbox's exporters (`[[webhook]]`), at least once across crashes.
@@ -79,6 +80,7 @@ pub mod suppression;
 pub mod throughput;
 pub mod tls_policy;
 pub mod transfer;
+pub mod tls_report;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};

@@ -5,7 +5,8 @@
 //!
 //! `BENCH_DNS_TXT="name=text|name=text"` adds TXT records in the `bench` zone (SPF, DKIM keys and DMARC
 //! records of the inbound verification benchmark, `bench/auth/inbound.py`); a text longer than 255 octets is
-//! split into strings of 255.
+//! split into strings of 255. `BENCH_DNS_A="name=ip|name=ip"` adds A records (the MTA-STS policy host of
+//! `bench/delivery/tls_policy.py`).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -27,6 +28,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let strings: Vec<&str> = text.as_bytes().chunks(255).filter_map(|c| std::str::from_utf8(c).ok()).collect();
         zone = zone.txt(name, &strings);
+    }
+    for record in std::env::var("BENCH_DNS_A").unwrap_or_default().split('|').filter(|r| !r.is_empty()) {
+        let Some((name, addr)) = record.split_once('=') else {
+            return Err(format!("BENCH_DNS_A entry without '=': {record}").into());
+        };
+        zone = zone.a(name, addr.parse()?);
     }
     let server = TestDnsServer::start(vec![zone]).await?;
     println!("listening {}", server.addr());

@@ -90,6 +90,7 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
             let now = ctx.clock.instant();
             let work = ctx.sites.connect_failed(key, now, ctx.cfg.circuit_threshold, ctx.cfg.circuit_open_for);
             if let Some(w) = work {
+                report_failed_session(ctx, &hops, &w, &reason);
                 ctx.timers.transition_all([&w], State::Ready, State::InFlight);
                 // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code
                 // (a `bounce` rule aside), and a `[[response_rule]]` may suspend or throttle the site.
@@ -108,6 +109,8 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
     let mut taken: VecDeque<Taken> = VecDeque::new();
     let mut recording = Recording::default();
     let mut next = Next::Continue;
+    // Domains this session counted in TLS reports (one successful session per domain per connection).
+    let mut reported: Vec<u32> = Vec::new();
     while sent < limit && !ctx.is_stopping() {
         if taken.is_empty() {
             let batch = next_batch(ctx, key, (limit - sent).min(PREFETCH)).await;
@@ -118,6 +121,12 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
         }
         let Some((w, fetched, epoch)) = taken.pop_front() else { continue };
         sent += 1;
+        if let (Some(reports), Some(policy)) = (&ctx.tls_reports, &hops.policy) {
+            if !reported.contains(&w.domain) && reported.len() < 64 {
+                reported.push(w.domain);
+                reports.success(&ctx.timers.domain_name(w.domain), policy);
+            }
+        }
         next = deliver_one(ctx, key, conn.as_mut(), &mx, (w, fetched, epoch), &mut recording).await;
         if matches!(next, Next::Close) {
             break;
@@ -130,6 +139,22 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
         drop(conn);
     }
     recording.finish().await;
+}
+
+/// Counts a session refused under a policy in TLS reports: its RFC 8460 type, and the MX host and address
+/// from the response text (`mx [addr]: ...`, as the transport writes it).
+fn report_failed_session(ctx: &Context, hops: &super::plan::NextHops, w: &Work, reason: &Response) {
+    let (Some(reports), Some(policy), Some(failure)) = (&ctx.tls_reports, &hops.policy, reason.tls_failure) else {
+        return;
+    };
+    let (mx, ip) = match reason.text.split_once(" [") {
+        Some((mx, rest)) => {
+            let addr = rest.split_once(']').and_then(|(a, _)| a.parse::<std::net::SocketAddr>().ok());
+            (Some(mx), addr.map(|a| a.ip()))
+        }
+        None => (None, None),
+    };
+    reports.failure(&ctx.timers.domain_name(w.domain), policy, failure.as_str(), mx, ip);
 }
 
 /// Take up to `max` messages: wait for the first, then as many more as are queued, within this connection's

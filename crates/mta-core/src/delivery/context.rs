@@ -46,6 +46,10 @@ pub(crate) struct Context {
     pub(crate) policies: Option<Arc<crate::tls_policy::TlsPolicies>>,
     /// Messages being sent or moved to another node: the two never overlap.
     pub(crate) owners: super::owners::Owners,
+    /// TLS report counters (`None`: `tls_report.enabled = false`).
+    pub(crate) tls_reports: Option<Arc<crate::tls_report::TlsReports>>,
+    /// How reports leave (with `tls_reports`).
+    pub(crate) tls_report_sender: Option<Arc<crate::tls_report::Sender>>,
 }
 
 impl Context {
@@ -86,6 +90,8 @@ impl Context {
             hold: parking_lot::RwLock::new(None),
             policies: None,
             owners: super::owners::Owners::default(),
+            tls_reports: None,
+            tls_report_sender: None,
         }
     }
 

@@ -158,6 +158,10 @@ pub struct DeliveryConfig {
     pub mta_sts: MtaStsSetting,
     /// Port of `mta-sts.<domain>` (443; tests use another).
     pub mta_sts_port: u16,
+    /// DANE (RFC 7672) for MX hosts with authenticated TLSA records (needs `dns.dnssec`).
+    pub dane: crate::tls_policy::DaneSetting,
+    /// TLS reporting (RFC 8460, `tls_report.*`).
+    pub tls_report: crate::tls_report::TlsReportConfig,
     /// Extra PEM roots for verified outbound TLS and policy fetches.
     pub tls_ca_file: Option<PathBuf>,
     /// Limits shared with a fleet (`None`: this node's limits are its own): per-site connection caps and
@@ -209,6 +213,8 @@ impl Default for DeliveryConfig {
             classifier: crate::bounce::Classifier::shipped(),
             mta_sts: MtaStsSetting::default(),
             mta_sts_port: crate::tls_policy::DEFAULT_MTA_STS_PORT,
+            dane: crate::tls_policy::DaneSetting::default(),
+            tls_report: crate::tls_report::TlsReportConfig::default(),
             tls_ca_file: None,
             fleet: None,
             history: None,

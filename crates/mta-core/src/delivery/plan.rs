@@ -12,6 +12,9 @@ pub struct Hop {
     pub name: String,
     /// Addresses with the port to connect to.
     pub addrs: Vec<SocketAddr>,
+    /// Its DNSSEC-authenticated TLSA records under a DANE site ([`HopTls::Dane`]): the usable ones; empty when
+    /// it published only unusable ones (TLS still required, RFC 7672 §2.2); `None` without any.
+    pub tlsa: Option<std::sync::Arc<Vec<mta_smtp::client::Tlsa>>>,
 }
 
 /// What TLS the hops of a site must offer.
@@ -22,6 +25,9 @@ pub enum HopTls {
     Default,
     /// STARTTLS with a certificate verified for the MX name (an MTA-STS `enforce` policy).
     Verified,
+    /// DANE (RFC 7672): each hop with TLSA records must present a matching certificate; hops without any are
+    /// opportunistic.
+    Dane,
 }
 
 /// The ordered next hops of a site.
@@ -33,6 +39,8 @@ pub struct NextHops {
     pub hosts: Vec<Hop>,
     /// TLS the hops must offer (a policy's requirement; part of the site name so sites never mix them).
     pub tls: HopTls,
+    /// The policy in force, as TLS reports describe it (MTA-STS or DANE); `None` without one.
+    pub policy: Option<std::sync::Arc<crate::tls_report::PolicyDesc>>,
 }
 
 impl NextHops {
@@ -49,9 +57,10 @@ impl NextHops {
             .map(|h| Hop {
                 name: h.name.trim_end_matches('.').to_string(),
                 addrs: h.addresses.iter().map(|a| SocketAddr::new(*a, port)).collect(),
+                tlsa: None,
             })
             .collect();
-        NextHops { name: names.join(","), hosts, tls: HopTls::Default }
+        NextHops { name: names.join(","), hosts, tls: HopTls::Default, policy: None }
     }
 
     /// A fixed route: `host:port` where host is an IP address or a name resolved by the caller to `addrs`.
@@ -59,14 +68,10 @@ impl NextHops {
         let host = relay.rsplit_once(':').map(|(h, _)| h).unwrap_or(relay).trim_matches(['[', ']']);
         NextHops {
             name: format!("route:{relay}"),
-            hosts: vec![Hop { name: host.to_string(), addrs }],
+            hosts: vec![Hop { name: host.to_string(), addrs, tlsa: None }],
             tls: HopTls::Default,
+            policy: None,
         }
-    }
-
-    /// Every (host name, address) in order.
-    pub fn targets(&self) -> impl Iterator<Item = (&str, SocketAddr)> + '_ {
-        self.hosts.iter().flat_map(|h| h.addrs.iter().map(move |a| (h.name.as_str(), *a)))
     }
 }
 

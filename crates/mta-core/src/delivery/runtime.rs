@@ -58,13 +58,50 @@ impl Delivery {
             source_address: cfg.source_address,
             timeouts,
             trust: None,
+            dane: None,
             chunking: cfg.chunking,
         };
         let (client, policies) = super::tls::setup(&cfg, client, &resolver, &spool);
+        let reporting = super::tls::report_setup(&cfg, &spool, &hostname);
         let transport = Arc::new(Smtp { client });
         let mut ctx = Context::new(cfg, spool, events, resolver, hostname, transport, Clock::System);
         ctx.policies = policies;
+        if let Some((reports, sender)) = reporting {
+            ctx.tls_reports = Some(reports);
+            ctx.tls_report_sender = Some(sender);
+        }
         Delivery { ctx: Arc::new(ctx) }
+    }
+
+    /// The MX hosts of `domain` with DNSSEC-authenticated TLSA records and the shortest time left on those
+    /// answers, when DANE applies to it (the HTTP API's view; delivery looks them up the same way).
+    pub async fn dane_hosts(&self, domain: &str) -> Option<(Vec<String>, std::time::Duration)> {
+        let resolver = &self.ctx.resolver;
+        if !super::tls::dane_on(&self.ctx) || !crate::tls_policy::mx_authenticated(resolver, domain).await {
+            return None;
+        }
+        let mx = resolver.query_mx(domain).await.ok()?;
+        let mut hosts = Vec::new();
+        let mut ttl = mx.ttl;
+        for r in mx.records.iter().filter(|r| !r.is_null()) {
+            if let crate::tls_policy::HostTlsa::Records(_) = crate::tls_policy::host_tlsa(resolver, &r.exchange).await {
+                if let Ok(l) = resolver.query_tlsa(&crate::tls_policy::tlsa_name(&r.exchange)).await {
+                    ttl = ttl.min(l.ttl);
+                }
+                hosts.push(r.exchange.clone());
+            }
+        }
+        (!hosts.is_empty()).then_some((hosts, ttl))
+    }
+
+    /// The TLS report counters (`None` when `tls_report.enabled = false`).
+    pub fn tls_reports(&self) -> Option<&Arc<crate::tls_report::TlsReports>> {
+        self.ctx.tls_reports.as_ref()
+    }
+
+    /// How TLS reports are sent (`None` when `tls_report.enabled = false`).
+    pub fn tls_report_sender(&self) -> Option<Arc<crate::tls_report::Sender>> {
+        self.ctx.tls_report_sender.clone()
     }
 
     /// The MTA-STS policies (`None` when `delivery.mta_sts = "off"`).

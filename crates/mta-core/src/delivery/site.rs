@@ -246,7 +246,7 @@ mod tests {
     use crate::delivery::ids::{CompactId, Interner};
 
     fn site(connections: usize, rate: Option<f64>) -> Site {
-        let hops = Arc::new(NextHops { name: "mx.test".into(), hosts: vec![], tls: Default::default() });
+        let hops = Arc::new(NextHops { name: "mx.test".into(), hosts: vec![], tls: Default::default(), policy: None });
         Site::new(hops, SiteLimits { connections, messages_per_connection: 10, rate }, Instant::now(), false)
     }
 

@@ -45,28 +45,58 @@ impl Transport for Smtp {
         Box::pin(async move {
             let mut client = self.client.clone();
             client.source_address = source.or(client.source_address);
-            if hops.tls == HopTls::Verified {
-                // A policy asked for it: never plaintext, never an unverified certificate (RFC 8461 §5).
-                client.tls = TlsPolicy::Verified;
-            }
+            let source_label = match hops.tls {
+                HopTls::Verified => {
+                    // A policy asked for it: never plaintext, never an unverified certificate (RFC 8461 §5).
+                    client.tls = TlsPolicy::Verified;
+                    Some("mta-sts")
+                }
+                HopTls::Dane => Some("dane"),
+                HopTls::Default => None,
+            };
             let mut last = Response::local(451, (4, 4, 1), "no next hop");
-            for (name, addr) in hops.targets() {
-                match Connection::connect(addr, name, &client).await {
-                    Ok(conn) => {
-                        metrics::counter!("mta_delivery_connections_opened_total").increment(1);
-                        if hops.tls == HopTls::Verified {
-                            policy_outcome("tls_verified");
+            for hop in &hops.hosts {
+                let mut client = client.clone();
+                let mut policy = source_label;
+                if hops.tls == HopTls::Dane {
+                    match &hop.tlsa {
+                        // RFC 7672 §2.2: TLSA records, none usable: TLS is still mandatory, unauthenticated.
+                        Some(records) if records.is_empty() => client.tls = TlsPolicy::Required,
+                        Some(records) => {
+                            client.tls = TlsPolicy::Dane;
+                            client.dane = Some(records.clone());
                         }
-                        return Ok((Box::new(conn) as Box<dyn Session>, name.to_string()));
+                        None => policy = None,
                     }
-                    Err(e) => {
-                        tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
-                        last = Response::from_error(&e);
-                        if let (HopTls::Verified, Some(failure)) = (hops.tls, last.tls_failure) {
-                            policy_outcome(failure.as_str());
+                }
+                let name = hop.name.as_str();
+                for addr in hop.addrs.iter().copied() {
+                    match Connection::connect(addr, name, &client).await {
+                        Ok(conn) => {
+                            metrics::counter!("mta_delivery_connections_opened_total").increment(1);
+                            if let Some(source) = policy {
+                                policy_outcome(source, "tls_verified");
+                            }
+                            return Ok((Box::new(conn) as Box<dyn Session>, name.to_string()));
                         }
-                        if last.origin == crate::Origin::Local {
-                            last.text = format!("{name} [{addr}]: {}", last.text);
+                        Err(e) => {
+                            tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
+                            last = Response::from_error(&e);
+                            if let (Some(source), Some(failure)) = (policy, last.tls_failure) {
+                                policy_outcome(source, failure.as_str());
+                            }
+                            if let Some(source) = policy {
+                                // The event says which policy refused the session, and why (RFC 8460 type).
+                                let why = last.tls_failure.map_or("", |f| f.as_str());
+                                last.text = format!(
+                                    "{} ({source} policy{}{why})",
+                                    last.text,
+                                    if why.is_empty() { "" } else { ": " }
+                                );
+                            }
+                            if last.origin == crate::Origin::Local {
+                                last.text = format!("{name} [{addr}]: {}", last.text);
+                            }
                         }
                     }
                 }
@@ -76,10 +106,9 @@ impl Transport for Smtp {
     }
 }
 
-/// Counts a connection under an enforced policy: verified, or its RFC 8460 failure type.
-fn policy_outcome(result: &'static str) {
-    metrics::counter!("mta_tls_policy_total", "source" => "mta-sts", "mode" => "enforce", "result" => result)
-        .increment(1);
+/// Counts a connection under an enforced policy (`mta-sts` or `dane`): verified, or its RFC 8460 failure type.
+fn policy_outcome(source: &'static str, result: &'static str) {
+    metrics::counter!("mta_tls_policy_total", "source" => source, "mode" => "enforce", "result" => result).increment(1);
 }
 
 impl Session for Connection {

@@ -46,6 +46,7 @@ pub(crate) enum Answer {
     Aaaa(Arc<Vec<Ipv6Addr>>),
     Txt(Arc<Vec<TxtRecord>>),
     Ptr(Arc<Vec<String>>),
+    Tlsa(Arc<Vec<mta_smtp::client::Tlsa>>),
 }
 
 /// One cached outcome: a positive answer or a permanent negative one (NXDOMAIN / NODATA).
@@ -58,12 +59,21 @@ pub(crate) struct Entry {
     pub stale_until: Instant,
     /// Set by the first hit that schedules a background refresh, so only one is scheduled.
     pub refreshing: AtomicBool,
+    /// The upstream set the AD bit and `dns.dnssec = "trust-ad"` (DANE needs it).
+    pub authenticated: bool,
 }
 
 impl Entry {
     pub fn new(data: Result<Answer, DnsError>, ttl: Duration, stale_for: Duration) -> Self {
         let now = Instant::now();
-        Self { data, ttl, expires: now + ttl, stale_until: now + ttl + stale_for, refreshing: AtomicBool::new(false) }
+        Self {
+            data,
+            ttl,
+            expires: now + ttl,
+            stale_until: now + ttl + stale_for,
+            refreshing: AtomicBool::new(false),
+            authenticated: false,
+        }
     }
 }
 

@@ -54,6 +54,21 @@ pub struct DnsConfig {
     /// doubled while the upstream fails across many names (its trouble, not the name's).
     #[serde(with = "humantime_serde_compat")]
     pub failure_memo: Duration,
+    /// How DNSSEC authentication of answers is known (DANE needs it); see [`Dnssec`].
+    pub dnssec: Dnssec,
+}
+
+/// How we know that an answer is DNSSEC-authenticated (`dns.dnssec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dnssec {
+    /// We don't: no answer counts as authenticated (DANE is never used).
+    #[default]
+    Off,
+    /// Queries carry the AD and DO bits, and an answer with the AD bit counts as authenticated. Only sound
+    /// when every nameserver is a validating resolver we reach over a trusted path (the same host), as with
+    /// Postfix's `smtp_dns_support_level = dnssec`: anyone on the path could set the bit.
+    TrustAd,
 }
 
 /// Default of [`DnsConfig::max_in_flight`].
@@ -104,6 +119,7 @@ impl Default for DnsConfig {
             max_mx_hosts: DEFAULT_MAX_MX_HOSTS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             failure_memo: DEFAULT_FAILURE_MEMO,
+            dnssec: Dnssec::Off,
         }
     }
 }

@@ -273,6 +273,15 @@ impl Resolver {
         .await
     }
 
+    /// TLSA records of `name` (`_25._tcp.<mx host>`, DANE); see [`Lookup::authenticated`].
+    pub async fn query_tlsa(&self, name: &str) -> Result<Lookup<mta_smtp::client::Tlsa>, DnsError> {
+        self.query(name, RecordType::TLSA, |a| match a {
+            Answer::Tlsa(v) => Some(v.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// PTR records of a reverse name (`4.3.2.1.in-addr.arpa`).
     pub async fn query_ptr(&self, name: &str) -> Result<Lookup<String>, DnsError> {
         self.query(name, RecordType::PTR, |a| match a {
@@ -439,7 +448,8 @@ fn to_lookup<T>(
         Err(e) => Err(e.clone()),
         Ok(a) => match extract(a) {
             Some(records) => {
-                Ok(Lookup { records, ttl: entry.expires.saturating_duration_since(Instant::now()), source })
+                let ttl = entry.expires.saturating_duration_since(Instant::now());
+                Ok(Lookup { records, ttl, source, authenticated: entry.authenticated })
             }
             None => Err(DnsError::NoData),
         },

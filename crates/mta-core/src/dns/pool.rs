@@ -510,10 +510,30 @@ impl Inner {
                     .collect();
                 (!v.is_empty()).then(|| Answer::Ptr(Arc::new(v)))
             }
+            RecordType::TLSA => {
+                let v: Vec<mta_smtp::client::Tlsa> = data
+                    .filter_map(|d| match d {
+                        RData::TLSA(t) => Some(mta_smtp::client::Tlsa {
+                            usage: u8::from(t.cert_usage),
+                            selector: u8::from(t.selector),
+                            matching: u8::from(t.matching),
+                            data: t.cert_data.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                (!v.is_empty()).then(|| Answer::Tlsa(Arc::new(v)))
+            }
             _ => None,
         };
+        // The AD bit only means something from a validating resolver we trust (`dns.dnssec = "trust-ad"`).
+        let authenticated = self.cfg.dnssec == super::Dnssec::TrustAd && lookup.message().metadata.authentic_data;
         match answer {
-            Some(a) => Arc::new(Entry::new(Ok(a), self.clamp_positive(ttl), self.cfg.serve_stale_for)),
+            Some(a) => {
+                let mut entry = Entry::new(Ok(a), self.clamp_positive(ttl), self.cfg.serve_stale_for);
+                entry.authenticated = authenticated;
+                Arc::new(entry)
+            }
             // only a CNAME chain without the type asked: the name exists, no data of this type
             None => self.negative_entry(false, None),
         }

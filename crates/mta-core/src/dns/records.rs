@@ -58,4 +58,6 @@ pub struct Lookup<T> {
     pub ttl: Duration,
     /// Cache, upstream or stale.
     pub source: Source,
+    /// The answer was DNSSEC-authenticated (`dns.dnssec = "trust-ad"` and the resolver set the AD bit).
+    pub authenticated: bool,
 }

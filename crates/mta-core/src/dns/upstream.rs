@@ -7,13 +7,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{DnsRequest, Edns, ResponseCode};
 use hickory_resolver::config::{
     NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ServerOrderingStrategy,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::udp::UdpClientStream;
-use hickory_resolver::net::xfer::DnsExchange;
+use hickory_resolver::net::xfer::{DnsExchange, DnsHandle};
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError, NoRecords};
 use hickory_resolver::{ConnectionProvider, PoolContext};
 use metrics::{counter, gauge};
@@ -30,13 +30,46 @@ use super::trouble::{Change, Trouble};
 /// upstream would see 3 packets per query from a layer we cannot see. We own retries (with a
 /// budget), so the UDP stream gets `max_retries = 1` here. TCP is unchanged (used after a
 /// truncated answer).
+///
+/// With `dns.dnssec = "trust-ad"` every query also carries the AD bit and EDNS's DO bit: a validating
+/// resolver sets AD in its answer only when asked by one of them (RFC 6840 §5.7).
 #[derive(Clone, Default)]
-pub(crate) struct SingleShotProvider(TokioRuntimeProvider);
+pub(crate) struct SingleShotProvider {
+    runtime: TokioRuntimeProvider,
+    ask_ad: bool,
+}
 
-type ConnFuture = Pin<Box<dyn Future<Output = Result<DnsExchange<TokioRuntimeProvider>, NetError>> + Send>>;
+/// One connection to an upstream; sets AD and DO on each request when asked to.
+#[derive(Clone)]
+pub(crate) struct Exchange {
+    inner: DnsExchange<TokioRuntimeProvider>,
+    ask_ad: bool,
+}
+
+impl DnsHandle for Exchange {
+    type Response = <DnsExchange<TokioRuntimeProvider> as DnsHandle>::Response;
+    type Runtime = TokioRuntimeProvider;
+
+    fn send(&self, mut request: DnsRequest) -> Self::Response {
+        if self.ask_ad {
+            request.metadata.authentic_data = true;
+            request.edns.get_or_insert_with(|| {
+                let mut edns = Edns::new();
+                edns.set_max_payload(1232);
+                edns
+            });
+            if let Some(edns) = request.edns.as_mut() {
+                edns.set_dnssec_ok(true);
+            }
+        }
+        self.inner.send(request)
+    }
+}
+
+type ConnFuture = Pin<Box<dyn Future<Output = Result<Exchange, NetError>> + Send>>;
 
 impl ConnectionProvider for SingleShotProvider {
-    type Conn = DnsExchange<TokioRuntimeProvider>;
+    type Conn = Exchange;
     type FutureConn = ConnFuture;
     type RuntimeProvider = TokioRuntimeProvider;
 
@@ -46,30 +79,35 @@ impl ConnectionProvider for SingleShotProvider {
         config: &hickory_resolver::config::ConnectionConfig,
         cx: &PoolContext,
     ) -> Result<Self::FutureConn, NetError> {
+        let ask_ad = self.ask_ad;
         match &config.protocol {
             ProtocolConfig::Udp => {
                 let remote = SocketAddr::new(ip, config.port);
-                let provider = self.0.clone();
+                let provider = self.runtime.clone();
                 let timeout = cx.options.timeout;
                 let os_ports = cx.options.os_port_selection;
                 let avoid = cx.options.avoid_local_udp_ports.clone();
                 let bind = config.bind_addr;
                 Ok(Box::pin(async move {
-                    Ok(UdpClientStream::builder(remote, provider)
+                    let inner = UdpClientStream::builder(remote, provider)
                         .with_timeout(Some(timeout))
                         .with_os_port_selection(os_ports)
                         .avoid_local_ports(avoid)
                         .with_bind_addr(bind)
                         .with_max_retries(1)
-                        .exchange())
+                        .exchange();
+                    Ok(Exchange { inner, ask_ad })
                 }))
             }
-            _ => self.0.new_connection(ip, config, cx),
+            _ => {
+                let tcp = self.runtime.new_connection(ip, config, cx)?;
+                Ok(Box::pin(async move { Ok(Exchange { inner: tcp.await?, ask_ad }) }))
+            }
         }
     }
 
     fn runtime_provider(&self) -> &Self::RuntimeProvider {
-        &self.0
+        &self.runtime
     }
 }
 
@@ -84,7 +122,7 @@ pub(crate) fn engine_for(addr: SocketAddr, cfg: &DnsConfig) -> Result<Engine, Dn
     }
     let mut builder = hickory_resolver::Resolver::builder_with_config(
         ResolverConfig::from_name_servers(vec![ns]),
-        SingleShotProvider::default(),
+        SingleShotProvider { runtime: TokioRuntimeProvider::default(), ask_ad: cfg.dnssec == super::Dnssec::TrustAd },
     );
     let o = builder.options_mut();
     o.timeout = cfg.query_timeout;

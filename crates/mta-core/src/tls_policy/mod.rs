@@ -7,6 +7,7 @@
 //! - `roots`: trust anchors (system roots plus `delivery.tls_ca_file`).
 //! - `result`: RFC 8460 result types of failed sessions ([`TlsResultType`]), carried on delivery responses.
 //! - `cache`: policies by domain, in memory and in the spool's aux tree (they survive restarts).
+//! - `dane`: DANE (RFC 7672): authenticated TLSA records of MX hosts ([`HostTlsa`]); takes precedence.
 //!
 //! # Threat model
 //! MTA-STS protects against an active attacker on the path between us and the destination's MX hosts (strip
@@ -17,6 +18,7 @@
 //! A failed fetch with no cached policy means "no policy" (§5.1), so blocking the fetch does not stop mail.
 
 mod cache;
+mod dane;
 mod fetch;
 mod policy;
 mod record;
@@ -35,6 +37,7 @@ use mta_spool::Spool;
 use parking_lot::Mutex;
 
 pub use cache::CachedPolicy;
+pub use dane::{host_tlsa, mx_authenticated, tlsa_name, DaneSetting, HostTlsa};
 pub use fetch::{FetchError, Fetcher, MAX_POLICY_BYTES};
 pub use policy::{PolicyError, StsMode, StsPolicy, MAX_AGE_LIMIT};
 pub use record::{parse_record, parse_records, RecordError, StsRecord};

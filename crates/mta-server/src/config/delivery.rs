@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use mta_core::delivery::Route;
-use mta_core::tls_policy::MtaStsSetting;
+use mta_core::tls_policy::{DaneSetting, MtaStsSetting};
 use mta_core::DeliveryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,9 @@ pub struct DeliverySection {
     pub mta_sts: MtaStsSetting,
     /// Port of the policy host `mta-sts.<domain>` (tests).
     pub mta_sts_port: u16,
+    /// DANE (RFC 7672) for MX hosts with DNSSEC-authenticated TLSA records: `"off"` or `"enforce"` (needs
+    /// `dns.dnssec`).
+    pub dane: DaneSetting,
     /// Extra PEM roots for verified outbound TLS and policy fetches.
     pub tls_ca_file: Option<PathBuf>,
 }
@@ -83,6 +86,7 @@ impl Default for DeliverySection {
             throttle_for: c.throttle_for.into(),
             mta_sts: c.mta_sts,
             mta_sts_port: c.mta_sts_port,
+            dane: c.dane,
             tls_ca_file: c.tls_ca_file,
         }
     }
@@ -108,6 +112,7 @@ impl From<&DeliverySection> for DeliveryConfig {
             throttle_for: d.throttle_for.get(),
             mta_sts: d.mta_sts,
             mta_sts_port: d.mta_sts_port,
+            dane: d.dane,
             tls_ca_file: d.tls_ca_file.clone(),
             ..DeliveryConfig::default()
         }

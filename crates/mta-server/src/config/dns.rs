@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use mta_core::dns::DnsConfig;
+use mta_core::dns::{DnsConfig, Dnssec};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
@@ -31,6 +31,9 @@ pub struct DnsSection {
     pub lookup_timeout: HumanDuration,
     /// Time limit of one query to one upstream (added key).
     pub query_timeout: HumanDuration,
+    /// DNSSEC: `"off"`, or `"trust-ad"` (answers with the AD bit from `nameservers` count as authenticated;
+    /// they must be a validating resolver on this host). DANE needs it.
+    pub dnssec: Dnssec,
 }
 
 impl Default for DnsSection {
@@ -52,6 +55,7 @@ impl From<&DnsConfig> for DnsSection {
             ipv6: c.enable_ipv6,
             lookup_timeout: c.lookup_timeout.into(),
             query_timeout: c.query_timeout.into(),
+            dnssec: c.dnssec,
         }
     }
 }
@@ -69,6 +73,7 @@ impl From<&DnsSection> for DnsConfig {
             enable_ipv6: d.ipv6,
             lookup_timeout: d.lookup_timeout.get(),
             query_timeout: d.query_timeout.get(),
+            dnssec: d.dnssec,
             ..DnsConfig::default()
         }
     }

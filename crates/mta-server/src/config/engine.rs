@@ -13,6 +13,7 @@ impl From<&Config> for EngineConfig {
         let mut delivery = DeliveryConfig::from(&config.delivery);
         delivery.shaping = config.shaping.iter().map(Shaping::from).collect();
         delivery.routes = config.route.clone();
+        delivery.tls_report = (&config.tls_report).into();
         // Checked by `Config::validate`; a file changed since then falls back to the shipped rules.
         delivery.classifier = config.bounce.classifier().unwrap_or_else(|e| {
             tracing::error!(error = %e, "bounce.rules_file unusable; classifying with the shipped rules");

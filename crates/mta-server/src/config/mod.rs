@@ -12,7 +12,7 @@
 //! the whole file into `EngineConfig` in `engine`), and its defaults are the owning crate's.
 //! - `server`, `smtp` (+ `listener`), `http`, `spool`, `dns`, `delivery` (+ `shaping`), `auth`, `dkim`,
 //!   `backpressure`, `bounce`, `cluster`, `log`, `debug`, `webhook`, `amqp`, `outbox`, `history`, `suppression`
-//!   (+ `[[response_rule]]`, `[deliverability]`): the sections.
+//!   (+ `[[response_rule]]`, `[deliverability]`), `tls_report`: the sections.
 //! - `engine`: the engine's config from the sections.
 
 mod amqp;
@@ -35,6 +35,7 @@ mod shaping;
 mod smtp;
 mod spool;
 mod suppression;
+mod tls_report;
 mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ pub use self::shaping::{parse_rate, Rate, ShapingSection};
 pub use self::smtp::{SmtpSection, UserSection, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use self::spool::SpoolSection;
 pub use self::suppression::{DeliverabilitySection, ResponseRuleSection, SuppressionSection};
+pub use self::tls_report::TlsReportSection;
 pub use self::webhook::WebhookSection;
 pub use mta_core::auth::{AuthPolicy, Policy};
 pub use mta_core::delivery::Route;
@@ -111,6 +113,8 @@ pub struct Config {
     pub response_rule: Vec<ResponseRuleSection>,
     /// Switches for the shipped deliverability defaults.
     pub deliverability: DeliverabilitySection,
+    /// TLS reporting (RFC 8460).
+    pub tls_report: TlsReportSection,
 }
 
 /// A value that parses but makes no sense: the dotted key and what is wrong (sections' checks return it).

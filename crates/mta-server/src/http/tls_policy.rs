@@ -16,8 +16,7 @@ use super::HttpState;
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicySource {
-    /// DANE TLSA records (RFC 7672). Part of the contract's schema; not produced until DANE is built.
-    #[allow(dead_code)]
+    /// DNSSEC-authenticated DANE TLSA records (RFC 7672) of at least one MX host; takes precedence.
     Dane,
     /// An MTA-STS policy (RFC 8461).
     MtaSts,
@@ -34,7 +33,7 @@ pub struct TlsPolicyView {
     pub source: PolicySource,
     /// The policy's mode (`enforce`, `testing`, `none`); `null` without a policy.
     pub mode: Option<mta_core::tls_policy::StsMode>,
-    /// MX host patterns the policy allows (`*.` matches one label).
+    /// MX host patterns the policy allows (`*.` matches one label); under DANE, the MX hosts with TLSA records.
     pub mx: Vec<String>,
     /// When the cached policy expires (RFC 3339); `null` without a policy.
     pub expires: Option<String>,
@@ -46,7 +45,7 @@ pub struct TlsPolicyView {
 
 /// The policy in force for a destination: looked up as delivery would (DNS record, cache, fetch on a new id).
 #[utoipa::path(get, path = "/api/v1/tls/policy/{domain}", operation_id = "getTlsPolicy",
-    summary = "The outbound TLS policy in force for a destination domain (MTA-STS).",
+    summary = "The outbound TLS policy in force for a destination domain (DANE, else MTA-STS).",
     params(("domain" = String, Path, description = "Destination domain.", max_length = 253)),
     responses(
         (status = 200, description = "The policy (source `none` when there is none).", body = TlsPolicyView),
@@ -66,7 +65,15 @@ pub async fn get_tls_policy(State(state): State<HttpState>, Path(domain): Path<S
         id: None,
         fetch_error: None,
     };
-    if let Some(policies) = state.inner.engine.delivery().tls_policies() {
+    let delivery = state.inner.engine.delivery();
+    if let Some((hosts, ttl)) = delivery.dane_hosts(&domain).await {
+        view.source = PolicySource::Dane;
+        view.mode = Some(mta_core::tls_policy::StsMode::Enforce);
+        view.mx = hosts;
+        view.expires = (OffsetDateTime::now_utc() + ttl).format(&Rfc3339).ok();
+        return Json(view).into_response();
+    }
+    if let Some(policies) = delivery.tls_policies() {
         let found = policies.lookup(&domain).await;
         view.fetch_error = found.fetch_error;
         if let Some(cached) = found.policy {

@@ -34,6 +34,8 @@ pub struct Connection {
     timeouts: Timeouts,
     /// `ClientConfig::trust`: roots for a verified STARTTLS.
     trust: Option<super::TlsTrust>,
+    /// `ClientConfig::dane`: TLSA records for a DANE STARTTLS.
+    dane: Option<std::sync::Arc<Vec<super::Tlsa>>>,
     /// `ClientConfig::chunking`: whether to use BDAT when offered.
     chunking: bool,
     tls: bool,
@@ -100,6 +102,7 @@ impl Connection {
             peer: addr,
             timeouts: t,
             trust: config.trust.clone(),
+            dane: config.dane.clone(),
             chunking: config.chunking,
             tls: false,
             usable: true,
@@ -186,6 +189,14 @@ impl Connection {
             let name = rustls::pki_types::ServerName::try_from(server_name.trim_end_matches('.').to_string())
                 .map_err(|_| ClientError::Tls(format!("{server_name:?} is not a host name to verify")))?;
             (trust.connector(), name)
+        } else if policy == TlsPolicy::Dane {
+            // SNI is the MX host name (RFC 7672 §8.1); the records, not the name, decide (DANE-EE).
+            let Some(records) = &self.dane else {
+                return Err(ClientError::Tls("DANE asked for without TLSA records".into()));
+            };
+            let name = rustls::pki_types::ServerName::try_from(server_name.trim_end_matches('.').to_string())
+                .map_err(|_| ClientError::Tls(format!("{server_name:?} is not a host name to verify")))?;
+            (super::dane::connector(records.clone()).map_err(ClientError::Tls)?, name)
         } else {
             (tls::connector().map_err(ClientError::Tls)?, tls::server_name(server_name, self.peer.ip()))
         };
@@ -595,7 +606,7 @@ async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>, limit: Duration) 
 
 /// The policy fails the connection rather than continue without TLS.
 fn requires_tls(policy: TlsPolicy) -> bool {
-    matches!(policy, TlsPolicy::Required | TlsPolicy::Verified)
+    matches!(policy, TlsPolicy::Required | TlsPolicy::Verified | TlsPolicy::Dane)
 }
 
 /// A handshake failure that opportunistic TLS answers with a plaintext retry.

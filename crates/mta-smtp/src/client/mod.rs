@@ -12,6 +12,7 @@
 //!   fault, is it permanent.
 //! - `tls`: the opportunistic STARTTLS configuration (RFC 7435: no certificate check), the verified one
 //!   ([`TlsTrust`], for MTA-STS) and the stream that is plaintext before STARTTLS and TLS after it.
+//! - `dane`: DANE (RFC 7672) certificate checks against an MX host's TLSA records ([`Tlsa`]).
 //! - `connection`: [`Connection`], the tokio session: connect, greeting, EHLO/HELO, STARTTLS, then
 //!   [`Connection::send`] per message (pipelined when offered, `BDAT` when `CHUNKING` is offered), `RSET`, `QUIT`.
 //!
@@ -34,6 +35,7 @@
 
 pub mod body;
 mod connection;
+mod dane;
 pub mod error;
 pub mod reply;
 mod tls;
@@ -42,6 +44,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use connection::Connection;
+pub use dane::{spki, Tlsa};
 pub use error::{ClientError, Stage};
 pub use reply::{Capabilities, ReplyError, ReplyParser};
 pub use tls::TlsTrust;
@@ -63,6 +66,9 @@ pub enum TlsPolicy {
     /// STARTTLS must be offered and the certificate chain must verify against [`ClientConfig::trust`] for the
     /// MX host name (MTA-STS `enforce`, RFC 8461 §4.2). Any failure fails the connection; never plaintext.
     Verified,
+    /// STARTTLS must be offered and the certificate must match one of [`ClientConfig::dane`]'s TLSA records
+    /// (RFC 7672). Any failure fails the connection; never plaintext.
+    Dane,
 }
 
 /// Why a certificate was refused under [`TlsPolicy::Verified`] (maps onto RFC 8460 result types).
@@ -153,6 +159,8 @@ pub struct ClientConfig {
     pub timeouts: Timeouts,
     /// Roots for [`TlsPolicy::Verified`]; without them a verified connection fails.
     pub trust: Option<TlsTrust>,
+    /// The MX host's usable TLSA records for [`TlsPolicy::Dane`]; without them a DANE connection fails.
+    pub dane: Option<std::sync::Arc<Vec<Tlsa>>>,
     /// Use `BDAT` when the server offers `CHUNKING` (the whole message in one pipelined write for small
     /// messages, no dot-stuffing). Off: always `DATA`, for peers with broken `BDAT`.
     pub chunking: bool,
@@ -166,6 +174,7 @@ impl Default for ClientConfig {
             source_address: None,
             timeouts: Timeouts::default(),
             trust: None,
+            dane: None,
             chunking: true,
         }
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TLSA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -121,6 +121,12 @@ impl TestZone {
     pub fn txt(self, name: &str, strings: &[&str]) -> Self {
         let v = strings.iter().map(|s| s.to_string()).collect();
         self.rdata(name, RData::TXT(TXT::new(v)))
+    }
+
+    /// A TLSA record (RFC 6698: usage, selector, matching type, association data).
+    pub fn tlsa(self, name: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) -> Self {
+        let rdata = TLSA::new(usage.into(), selector.into(), matching.into(), data);
+        self.rdata(name, RData::TLSA(rdata))
     }
 
     /// A mail domain: one MX per `(preference, host, address)` and the host's A/AAAA record.
@@ -294,6 +300,10 @@ struct ProxyState {
     per_name: Mutex<HashMap<String, u64>>,
     /// Query names (lowercase FQDN) always answered SERVFAIL: a broken domain among healthy ones.
     servfail_names: Mutex<HashSet<String>>,
+    /// Query names whose answers get the AD bit: the proxy plays a validating resolver for them.
+    authenticated_names: Mutex<HashSet<String>>,
+    /// Queries that asked for DNSSEC (AD or DO bit set).
+    dnssec_asked: AtomicU64,
 }
 
 /// A UDP proxy in front of a DNS server, injecting faults and counting every packet received
@@ -351,6 +361,18 @@ impl FaultyProxy {
     /// empty list turns it off. A broken domain, as opposed to a failing upstream.
     pub fn set_servfail_names(&self, names: &[&str]) {
         *self.state.servfail_names.lock() = names.iter().map(|n| fqdn(n).to_ascii().to_ascii_lowercase()).collect();
+    }
+
+    /// Set the AD bit on answers for these query names (any type), as a validating resolver does for a
+    /// signed zone; an empty list turns it off.
+    pub fn set_authenticated_names(&self, names: &[&str]) {
+        *self.state.authenticated_names.lock() =
+            names.iter().map(|n| fqdn(n).to_ascii().to_ascii_lowercase()).collect();
+    }
+
+    /// Queries received that carried the AD or DO bit (`dns.dnssec = "trust-ad"` sets both).
+    pub fn dnssec_asked(&self) -> u64 {
+        self.state.dnssec_asked.load(Ordering::Relaxed)
     }
 
     /// Drop this fraction of queries (0..1), at random.
@@ -442,9 +464,16 @@ impl ProxyState {
     async fn handle(&self, packet: Vec<u8>, peer: SocketAddr, sock: Arc<UdpSocket>, upstream: SocketAddr) {
         let msg = Message::from_vec(&packet).ok();
         let mut broken_name = false;
+        let mut authenticated = false;
+        if let Some(m) = &msg {
+            if m.metadata.authentic_data || m.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok) {
+                self.dnssec_asked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Some(q) = msg.as_ref().and_then(|m| m.queries.first()) {
             let name = q.name().to_ascii().to_ascii_lowercase();
             broken_name = self.servfail_names.lock().contains(&name);
+            authenticated = self.authenticated_names.lock().contains(&name);
             *self.per_name.lock().entry(name).or_default() += 1;
         }
         let delay = Duration::from_micros(self.delay_us.load(Ordering::Relaxed));
@@ -488,7 +517,16 @@ impl ProxyState {
         }
         let mut buf = vec![0u8; 65_535];
         if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_secs(5), out.recv_from(&mut buf)).await {
-            let _ = sock.send_to(&buf[..n], peer).await;
+            let mut reply = buf[..n].to_vec();
+            if authenticated {
+                if let Ok(mut m) = Message::from_vec(&reply) {
+                    m.metadata.authentic_data = true;
+                    if let Ok(b) = m.to_vec() {
+                        reply = b;
+                    }
+                }
+            }
+            let _ = sock.send_to(&reply, peer).await;
         }
     }
 }
