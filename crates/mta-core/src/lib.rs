@@ -79,8 +79,8 @@ pub mod response;
 pub mod suppression;
 pub mod throughput;
 pub mod tls_policy;
-pub mod transfer;
 pub mod tls_report;
+pub mod transfer;
 
 pub use delivery::{DeliveryConfig, QueueRow};
 pub use engine::{Accepted, Companion, Engine, EngineConfig, Injection, RecoveryReport};
