@@ -409,3 +409,4 @@ pub fn http_post_json(
 
 /// A programmable SMTP sink (independent server) for delivery tests.
 pub mod sink;
+pub mod webhook;

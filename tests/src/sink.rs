@@ -7,7 +7,7 @@
 //! to the next connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -267,8 +267,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         shared.max_concurrent.fetch_max(now, Ordering::SeqCst);
         let shared = shared.clone();
         sessions.spawn(async move {
-            let _ = session(&shared, stream, id).await;
-            shared.current.fetch_sub(1, Ordering::SeqCst);
+            let open = AtomicBool::new(true);
+            let _ = session(&shared, stream, id, &open).await;
+            if open.swap(false, Ordering::SeqCst) {
+                shared.current.fetch_sub(1, Ordering::SeqCst);
+            }
         });
         while sessions.try_join_next().is_some() {}
     }
@@ -289,7 +292,9 @@ struct Txn {
     bdat_failed: bool,
 }
 
-async fn session(shared: &Shared, stream: TcpStream, id: usize) -> std::io::Result<()> {
+/// `open` is cleared (and the session no longer counted as concurrent) once the client said QUIT: a client may
+/// close without waiting for a (delayed) 221, and is then free to open its next connection.
+async fn session(shared: &Shared, stream: TcpStream, id: usize, open: &AtomicBool) -> std::io::Result<()> {
     let config = shared.config.lock().unwrap().clone();
     if config.blackhole {
         let mut stream = stream;
@@ -447,7 +452,12 @@ async fn session(shared: &Shared, stream: TcpStream, id: usize) -> std::io::Resu
                 reply(&mut io, d, "250 2.0.0 Ok").await?;
             }
             "NOOP" => reply(&mut io, d, "250 2.0.0 Ok").await?,
-            "QUIT" => return reply(&mut io, d, "221 2.0.0 Bye").await,
+            "QUIT" => {
+                if open.swap(false, Ordering::SeqCst) {
+                    shared.current.fetch_sub(1, Ordering::SeqCst);
+                }
+                return reply(&mut io, d, "221 2.0.0 Bye").await;
+            }
             "STARTTLS" => {
                 let Some(acceptor) = shared.tls.clone().filter(|_| !tls) else {
                     reply(&mut io, d, "502 5.5.1 STARTTLS not available").await?;

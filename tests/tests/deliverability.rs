@@ -84,11 +84,14 @@ async fn suppression_end_to_end() {
             .then(|| "550 5.1.1 The email account that you tried to reach does not exist. - gsmtp".to_string())
     });
     let tmp = tempfile::tempdir().unwrap();
+    let hooks = tempfile::tempdir().unwrap();
+    let receiver = mta_tests::webhook::Receiver::start(hooks.path(), "s", 0.0, 0.0, 0.0);
     let (smtp_port, http_port) = (free_port(), free_port());
     let config = format!(
         "[[route]]\ndomain = \"*\"\nrelay = \"{}\"\n[delivery]\nretry_intervals = [\"1s\"]\nsmtp_timeout = \"5s\"\n\
-         [suppression]\ncomplaint_address = \"fbl@mx.test\"\n",
-        sink.addr
+         [suppression]\ncomplaint_address = \"fbl@mx.test\"\n\
+         [[webhook]]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"s\"\nevents = [\"suppressed\"]\nbatch_delay = \"100ms\"\n",
+        sink.addr, receiver.port
     );
     let mut server =
         tokio::task::block_in_place(|| TestServer::start_in(tmp.path(), &config, Some(smtp_port), Some(http_port)));
@@ -119,6 +122,14 @@ async fn suppression_end_to_end() {
         e.iter().filter(|e| e["type"] == "suppressed" && e["recipient"] == "dead@x.test").count() >= 2
     })
     .await;
+    // Exported like every other event: the webhook gets both refusals, signed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exported = || receiver.events().iter().filter(|e| e["type"] == "suppressed").count();
+    while exported() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(exported() >= 2, "suppressed events at the webhook: {:?}", receiver.events());
+    assert_eq!(receiver.bad_signatures(), 0);
 
     // Tenant scoping: an entry for acme refuses acme's mail only.
     tokio::task::block_in_place(|| {

@@ -3,65 +3,17 @@
 //! of every acknowledged message arrives (by `event_id`), duplicates are counted, no signature is bad.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mta_core::dns::testing::{TestDnsServer, TestZone};
 use mta_tests::sink::{SinkConfig, SinkHandle};
+use mta_tests::webhook::Receiver;
 use mta_tests::{queued_id, RawSmtp, TestServer};
 
 const SECRET: &str = "test-secret";
 const MESSAGES: usize = 500;
-
-/// The Python receiver (tests/webhook/receiver.py), killed on drop.
-struct Receiver {
-    child: Child,
-    port: u16,
-    events: PathBuf,
-    bad: PathBuf,
-}
-
-impl Receiver {
-    fn start(dir: &Path) -> Receiver {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("webhook/receiver.py");
-        let (events, bad) = (dir.join("received.jsonl"), dir.join("bad_signatures"));
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args([SECRET, &events.display().to_string(), &bad.display().to_string(), "0.30", "0.05", "2.5"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs the webhook receiver");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().parse().expect("receiver prints its port");
-        Receiver { child, port, events, bad }
-    }
-
-    /// Every event the receiver confirmed (one per line, duplicates included).
-    fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn bad_signatures(&self) -> usize {
-        std::fs::read_to_string(&self.bad).unwrap_or_default().lines().count()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One acknowledged message: its queue id and recipients.
 type Acked = (String, Vec<String>);
@@ -137,7 +89,7 @@ async fn inject_and_kill(
 async fn webhook_gets_every_event_across_two_kill9() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let receiver = Receiver::start(&dir);
+    let receiver = Receiver::start(&dir, SECRET, 0.30, 0.05, 2.5);
 
     let port = mta_tests::free_port();
     let mut zone = TestZone::new("test");
