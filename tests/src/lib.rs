@@ -308,6 +308,63 @@ pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert_path, key_path)
 }
 
+/// A self-signed certificate for `name`: (certificate PEM, key PEM, SubjectPublicKeyInfo DER).
+pub fn self_signed(name: &str) -> (String, String, Vec<u8>) {
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem(), key.subject_public_key_info())
+}
+
+/// A TLS acceptor serving the PEM `chain` with `key` (test HTTPS endpoints).
+pub fn tls_acceptor(chain: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs.unwrap(), key)
+            .unwrap();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+/// Send one message from `a@sender.test` to `rcpt` over SMTP at `smtp`; its queue id.
+pub fn send_one(smtp: SocketAddr, rcpt: &str, subject: &str) -> String {
+    let (mut c, _) = RawSmtp::connect(smtp);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+    c.cmd("DATA", "354");
+    c.send(format!("From: a@sender.test\r\nSubject: {subject}\r\n\r\nHello.\r\n").as_bytes());
+    let r = c.cmd(".", "250");
+    c.cmd("QUIT", "221");
+    queued_id(&r).unwrap()
+}
+
+/// The server's events once `pred` holds for them, or when `limit` is over (the caller asserts).
+pub async fn wait_events(
+    server: &TestServer,
+    limit: Duration,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let events = server.events();
+        if pred(&events) || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many `events` are of type `kind` for recipient `rcpt`.
+pub fn count_events(events: &[serde_json::Value], kind: &str, rcpt: &str) -> usize {
+    events.iter().filter(|e| e["type"] == kind && e["recipient"] == rcpt).count()
+}
+
 /// Strip our `Received:` header (first header, with its folded continuation lines) from stored bytes.
 pub fn strip_received(stored: &[u8]) -> &[u8] {
     assert!(stored.starts_with(b"Received: "), "stored message does not start with our Received: header");
@@ -408,5 +465,6 @@ pub fn http_post_json(
 }
 
 /// A programmable SMTP sink (independent server) for delivery tests.
+pub mod export_load;
 pub mod sink;
 pub mod webhook;

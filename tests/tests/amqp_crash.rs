@@ -18,8 +18,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mta_core::dns::testing::{TestDnsServer, TestZone};
+use mta_tests::export_load::{inject, Acked};
 use mta_tests::sink::{SinkConfig, SinkHandle};
-use mta_tests::{queued_id, RawSmtp, TestServer};
+use mta_tests::TestServer;
 
 const MESSAGES: usize = 500;
 const EXCHANGE: &str = "mta-events";
@@ -123,52 +124,6 @@ async fn consume(conn: &Connection, into: Arc<Mutex<Vec<Received>>>) {
             let _ = d.ack(BasicAckOptions::default()).await;
         }
     });
-}
-
-type Acked = (String, Vec<String>);
-
-/// Recipients of message `i`: always one delivered; every 5th also one bounced, every 7th one deferred.
-fn recipients(i: usize) -> Vec<String> {
-    let mut r = vec![format!("ok{i}@d{}.test", i % 3)];
-    if i.is_multiple_of(5) {
-        r.push(format!("bad{i}@d{}.test", (i + 1) % 3));
-    }
-    if i.is_multiple_of(7) {
-        r.push(format!("later{i}@d{}.test", (i + 2) % 3));
-    }
-    r
-}
-
-/// Inject messages `from..to` over one SMTP session until the server stops answering; returns how far it got.
-fn inject(smtp: SocketAddr, from: usize, to: usize, acked: &Mutex<Vec<Acked>>) -> usize {
-    let (mut c, greeting) = RawSmtp::connect(smtp);
-    if !greeting.starts_with("220") {
-        return from;
-    }
-    c.send(b"EHLO load.test\r\n");
-    if !c.reply().starts_with("250") {
-        return from;
-    }
-    for i in from..to {
-        let rcpts = recipients(i);
-        let mut cmds = String::from("MAIL FROM:<>\r\n");
-        for r in &rcpts {
-            cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
-        }
-        cmds.push_str("DATA\r\n");
-        c.send(cmds.as_bytes());
-        for _ in 0..rcpts.len() + 2 {
-            if c.reply().is_empty() {
-                return i;
-            }
-        }
-        c.send(format!("Subject: amqp {i}\r\n\r\nbody {i}\r\n.\r\n").as_bytes());
-        let reply = c.reply();
-        let Some(id) = queued_id(&reply).filter(|_| reply.starts_with("250")) else { return i };
-        acked.lock().unwrap().push((id, rcpts));
-        std::thread::sleep(Duration::from_millis(4));
-    }
-    to
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

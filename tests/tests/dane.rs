@@ -4,23 +4,16 @@
 //! TLSA record decides (no issuer, name or date checks).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mta_core::dns::testing::{fqdn, FaultyProxy, TestDnsServer, TestZone};
 use mta_tests::sink::{SinkConfig, SinkHandle};
-use mta_tests::{http_request, queued_id, RawSmtp, TestServer};
-use rcgen::{CertificateParams, KeyPair, PublicKeyData};
+use mta_tests::{http_request, TestServer};
+use rcgen::{KeyPair, PublicKeyData};
 use sha2::{Digest, Sha256};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A self-signed certificate for `name`: (certificate PEM, key PEM, SubjectPublicKeyInfo DER).
-fn self_signed(name: &str) -> (String, String, Vec<u8>) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem(), key.subject_public_key_info())
 }
 
 /// TLSA `3 1 1`: DANE-EE, SubjectPublicKeyInfo, SHA-256.
@@ -33,39 +26,6 @@ async fn tls_sink(addr: &str, port: u16, cert: &(String, String, Vec<u8>)) -> Si
     SinkHandle::start(SocketAddr::new(ip(addr), port), config).await
 }
 
-fn send(server: &TestServer, rcpt: &str) -> String {
-    tokio::task::block_in_place(|| {
-        let (mut c, _) = RawSmtp::connect(server.smtp);
-        c.cmd("EHLO client.test", "250");
-        c.cmd("MAIL FROM:<a@sender.test>", "250");
-        c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
-        c.cmd("DATA", "354");
-        c.send(b"From: a@sender.test\r\nSubject: dane\r\n\r\nHello.\r\n");
-        let r = c.cmd(".", "250");
-        c.cmd("QUIT", "221");
-        queued_id(&r).unwrap()
-    })
-}
-
-async fn wait_events(
-    server: &TestServer,
-    limit: Duration,
-    pred: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let events = server.events();
-        if pred(&events) || Instant::now() > deadline {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn count(events: &[serde_json::Value], kind: &str, rcpt: &str) -> usize {
-    events.iter().filter(|e| e["type"] == kind && e["recipient"] == rcpt).count()
-}
-
 fn policy_view(server: &TestServer, domain: &str) -> serde_json::Value {
     tokio::task::block_in_place(|| {
         http_request(server.http, "GET", &format!("/api/v1/tls/policy/{domain}"), &[], b"").json()
@@ -75,8 +35,8 @@ fn policy_view(server: &TestServer, domain: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dane_delivers_on_a_match_defers_on_a_mismatch_until_fixed_and_ignores_unauthenticated_tlsa() {
     let port = mta_tests::free_port();
-    let good_cert = self_signed("not-the-mx.test");
-    let bad_cert = self_signed("mx.bad.test");
+    let good_cert = mta_tests::self_signed("not-the-mx.test");
+    let bad_cert = mta_tests::self_signed("mx.bad.test");
     let stranger = KeyPair::generate().unwrap().subject_public_key_info();
     // good.test: signed MX and TLSA naming the receiver's key. bad.test: signed, but the TLSA names another
     // key. unauth.test: signed MX, TLSA (naming another key) not authenticated: ignored, opportunistic TLS.
@@ -108,17 +68,23 @@ async fn dane_delivers_on_a_match_defers_on_a_mismatch_until_fixed_and_ignores_u
     );
     let server = tokio::task::block_in_place(|| TestServer::start(&config));
 
-    send(&server, "a@good.test");
-    send(&server, "b@bad.test");
-    send(&server, "c@unauth.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "a@good.test", "dane"));
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@bad.test", "dane"));
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "c@unauth.test", "dane"));
     assert!(good.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
     assert!(good.messages()[0].tls, "DANE-EE match: delivered over TLS");
     assert!(unauth.wait_for_messages(1, Duration::from_secs(15)).await, "unauthenticated TLSA is ignored");
 
-    let events =
-        wait_events(&server, Duration::from_secs(20), |e| count(e, "transient_failure", "b@bad.test") >= 2).await;
-    assert!(count(&events, "transient_failure", "b@bad.test") >= 2, "{events:#?}");
-    assert_eq!(count(&events, "bounce", "b@bad.test") + count(&events, "delivery", "b@bad.test"), 0);
+    let events = mta_tests::wait_events(&server, Duration::from_secs(20), |e| {
+        mta_tests::count_events(e, "transient_failure", "b@bad.test") >= 2
+    })
+    .await;
+    assert!(mta_tests::count_events(&events, "transient_failure", "b@bad.test") >= 2, "{events:#?}");
+    assert_eq!(
+        mta_tests::count_events(&events, "bounce", "b@bad.test")
+            + mta_tests::count_events(&events, "delivery", "b@bad.test"),
+        0
+    );
     let failure = events.iter().find(|e| e["type"] == "transient_failure" && e["recipient"] == "b@bad.test").unwrap();
     let response = failure["response"].as_str().unwrap();
     assert!(response.contains("dane policy") && response.contains("validation-failure"), "{failure}");

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use mta_core::dns::testing::{TestDnsServer, TestZone};
 use mta_tests::sink::{SinkConfig, SinkHandle};
-use mta_tests::{http_request, queued_id, RawSmtp, TestServer};
+use mta_tests::{http_request, TestServer};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ip(s: &str) -> IpAddr {
@@ -67,16 +66,7 @@ impl Drop for PolicyHost {
 impl PolicyHost {
     async fn start(bind: SocketAddr, ca: &TestCa, hosts: &[&str]) -> PolicyHost {
         let (chain, key) = ca.leaf(hosts);
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs.unwrap(), key)
-                .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = mta_tests::tls_acceptor(&chain, &key);
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let policies: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
@@ -155,39 +145,6 @@ fn tls_sink(ca: &TestCa, names: &[&str]) -> SinkConfig {
     SinkConfig { starttls: Some(ca.leaf(names)), ..Default::default() }
 }
 
-fn send(server: &TestServer, rcpt: &str) -> String {
-    tokio::task::block_in_place(|| {
-        let (mut c, _) = RawSmtp::connect(server.smtp);
-        c.cmd("EHLO client.test", "250");
-        c.cmd("MAIL FROM:<a@sender.test>", "250");
-        c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
-        c.cmd("DATA", "354");
-        c.send(b"From: a@sender.test\r\nSubject: sts\r\n\r\nHello.\r\n");
-        let r = c.cmd(".", "250");
-        c.cmd("QUIT", "221");
-        queued_id(&r).unwrap()
-    })
-}
-
-async fn wait_events(
-    server: &TestServer,
-    limit: Duration,
-    pred: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let events = server.events();
-        if pred(&events) || Instant::now() > deadline {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn count(events: &[serde_json::Value], kind: &str, rcpt: &str) -> usize {
-    events.iter().filter(|e| e["type"] == kind && e["recipient"] == rcpt).count()
-}
-
 fn no_mail_command(sink: &SinkHandle) -> bool {
     !sink.commands().iter().any(|c| c.to_ascii_uppercase().starts_with("MAIL"))
 }
@@ -228,8 +185,8 @@ async fn enforce_uses_only_the_policy_mx_over_verified_tls_and_testing_delivers_
     let dns = TestDnsServer::start(vec![zone]).await.unwrap();
     let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
 
-    send(&server, "b@enforce.test");
-    send(&server, "c@testing.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@enforce.test", "sts"));
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "c@testing.test", "sts"));
     assert!(good.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
     assert!(good.messages()[0].tls, "delivered over TLS");
     assert_eq!(rogue.connections(), 0, "the MX outside the policy is never contacted");
@@ -273,15 +230,20 @@ async fn enforce_defers_on_a_wrong_certificate_until_it_is_fixed_and_never_sends
     let dns = TestDnsServer::start(vec![zone]).await.unwrap();
     let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
 
-    send(&server, "b@dest.test");
-    send(&server, "c@stripped.test");
-    let events = wait_events(&server, Duration::from_secs(20), |e| {
-        count(e, "transient_failure", "b@dest.test") >= 2 && count(e, "transient_failure", "c@stripped.test") >= 2
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@dest.test", "sts"));
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "c@stripped.test", "sts"));
+    let events = mta_tests::wait_events(&server, Duration::from_secs(20), |e| {
+        mta_tests::count_events(e, "transient_failure", "b@dest.test") >= 2
+            && mta_tests::count_events(e, "transient_failure", "c@stripped.test") >= 2
     })
     .await;
-    assert!(count(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
-    assert!(count(&events, "transient_failure", "c@stripped.test") >= 2, "{events:#?}");
-    assert_eq!(count(&events, "bounce", "b@dest.test") + count(&events, "bounce", "c@stripped.test"), 0);
+    assert!(mta_tests::count_events(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
+    assert!(mta_tests::count_events(&events, "transient_failure", "c@stripped.test") >= 2, "{events:#?}");
+    assert_eq!(
+        mta_tests::count_events(&events, "bounce", "b@dest.test")
+            + mta_tests::count_events(&events, "bounce", "c@stripped.test"),
+        0
+    );
     let failure = events.iter().find(|e| e["type"] == "transient_failure" && e["recipient"] == "b@dest.test").unwrap();
     assert!(failure["response"].as_str().unwrap().contains("4.7.5"), "{failure}");
     assert!(wrong.messages().is_empty() && no_mail_command(&wrong), "nothing sent to the wrong certificate");
@@ -298,8 +260,11 @@ async fn enforce_defers_on_a_wrong_certificate_until_it_is_fixed_and_never_sends
         SinkConfig { starttls: Some((self_signed.pem(), key.serialize_pem())), ..Default::default() },
     )
     .await;
-    let seen = count(&server.events(), "transient_failure", "b@dest.test");
-    wait_events(&server, Duration::from_secs(20), |e| count(e, "transient_failure", "b@dest.test") > seen).await;
+    let seen = mta_tests::count_events(&server.events(), "transient_failure", "b@dest.test");
+    mta_tests::wait_events(&server, Duration::from_secs(20), |e| {
+        mta_tests::count_events(e, "transient_failure", "b@dest.test") > seen
+    })
+    .await;
     assert!(wrong.messages().is_empty() && no_mail_command(&wrong));
 
     // Fixed: the right certificate from the trusted CA. Delivered, over TLS.
@@ -323,7 +288,7 @@ async fn the_policy_cache_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = server_config(&dns, port, policy_port, &ca_file);
     let mut server = tokio::task::block_in_place(|| TestServer::start_in(dir.path(), &config, None, None));
-    send(&server, "b@dest.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@dest.test", "sts"));
     assert!(good.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
     assert_eq!(host.fetches(), 1);
     server.sigterm();
@@ -333,7 +298,7 @@ async fn the_policy_cache_survives_a_restart() {
     // The policy host is gone; the cached policy still applies after the restart (no plaintext either).
     drop(host);
     let mut server = tokio::task::block_in_place(|| TestServer::start_in(dir.path(), &config, None, None));
-    send(&server, "c@dest.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "c@dest.test", "sts"));
     assert!(good.wait_for_messages(2, Duration::from_secs(15)).await, "{}", server.stderr());
     assert!(good.messages().iter().all(|m| m.tls));
     let v = tokio::task::block_in_place(|| http_request(server.http, "GET", "/api/v1/tls/policy/dest.test", &[], b""))
@@ -400,15 +365,21 @@ async fn enforce_defers_when_a_man_in_the_middle_strips_starttls() {
     let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
 
     // Control: without a policy the stripped session goes through in plaintext (what the attack achieves).
-    send(&server, "a@plain.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "a@plain.test", "sts"));
     assert!(receiver.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
     assert!(!receiver.messages()[0].tls, "the proxy does strip STARTTLS");
 
-    send(&server, "b@dest.test");
-    let events =
-        wait_events(&server, Duration::from_secs(20), |e| count(e, "transient_failure", "b@dest.test") >= 2).await;
-    assert!(count(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
-    assert_eq!(count(&events, "delivery", "b@dest.test") + count(&events, "bounce", "b@dest.test"), 0);
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@dest.test", "sts"));
+    let events = mta_tests::wait_events(&server, Duration::from_secs(20), |e| {
+        mta_tests::count_events(e, "transient_failure", "b@dest.test") >= 2
+    })
+    .await;
+    assert!(mta_tests::count_events(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
+    assert_eq!(
+        mta_tests::count_events(&events, "delivery", "b@dest.test")
+            + mta_tests::count_events(&events, "bounce", "b@dest.test"),
+        0
+    );
     assert_eq!(receiver.messages().len(), 1, "nothing more sent through the stripping proxy");
     let mails = receiver.commands().iter().filter(|c| c.to_ascii_uppercase().starts_with("MAIL")).count();
     assert_eq!(mails, 1, "only the control message's MAIL FROM");
@@ -445,11 +416,17 @@ async fn enforce_defers_on_an_expired_certificate_and_says_why() {
     let dns = TestDnsServer::start(vec![zone]).await.unwrap();
     let server = tokio::task::block_in_place(|| TestServer::start(&server_config(&dns, port, policy_port, &ca_file)));
 
-    send(&server, "b@dest.test");
-    let events =
-        wait_events(&server, Duration::from_secs(20), |e| count(e, "transient_failure", "b@dest.test") >= 2).await;
-    assert!(count(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
-    assert_eq!(count(&events, "bounce", "b@dest.test") + count(&events, "delivery", "b@dest.test"), 0);
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@dest.test", "sts"));
+    let events = mta_tests::wait_events(&server, Duration::from_secs(20), |e| {
+        mta_tests::count_events(e, "transient_failure", "b@dest.test") >= 2
+    })
+    .await;
+    assert!(mta_tests::count_events(&events, "transient_failure", "b@dest.test") >= 2, "{events:#?}");
+    assert_eq!(
+        mta_tests::count_events(&events, "bounce", "b@dest.test")
+            + mta_tests::count_events(&events, "delivery", "b@dest.test"),
+        0
+    );
     let failure = events.iter().find(|e| e["type"] == "transient_failure" && e["recipient"] == "b@dest.test").unwrap();
     let response = failure["response"].as_str().unwrap();
     assert!(response.contains("4.7.5"), "{failure}");
@@ -476,14 +453,14 @@ async fn a_policy_is_refreshed_before_it_expires() {
             .json()
     };
 
-    send(&server, "a@dest.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "a@dest.test", "sts"));
     assert!(good.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
     let fetched_at = Instant::now();
     assert_eq!(host.fetches(), 1);
     let first = view();
     assert_eq!(first["mode"], "enforce", "{first}");
     // Still fresh: a lookup uses the cache, nothing is fetched.
-    send(&server, "b@dest.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@dest.test", "sts"));
     assert!(good.wait_for_messages(2, Duration::from_secs(15)).await);
     assert_eq!(host.fetches(), 1, "one fetch per max_age while the policy is fresh");
 
@@ -499,7 +476,7 @@ async fn a_policy_is_refreshed_before_it_expires() {
     assert!(fetched_at.elapsed() < Duration::from_secs(11), "the refresh came before the policy expired");
     let refreshed = view();
     assert_ne!(refreshed["expires"], first["expires"], "{refreshed}");
-    send(&server, "c@dest.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "c@dest.test", "sts"));
     assert!(good.wait_for_messages(3, Duration::from_secs(15)).await);
     assert!(good.messages().iter().all(|m| m.tls));
 }

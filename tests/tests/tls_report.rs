@@ -12,21 +12,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use mta_core::dns::testing::{FaultyProxy, TestDnsServer, TestZone};
 use mta_tests::sink::{SinkConfig, SinkHandle};
-use mta_tests::{queued_id, RawSmtp, TestServer};
+use mta_tests::TestServer;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, PublicKeyData};
-use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A self-signed certificate: (certificate PEM, key PEM, SubjectPublicKeyInfo DER).
-fn self_signed(name: &str) -> (String, String, Vec<u8>) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem(), key.subject_public_key_info())
 }
 
 /// The POSTs an endpoint received: (request head, body).
@@ -46,16 +38,7 @@ impl Drop for ReportEndpoint {
 
 impl ReportEndpoint {
     async fn start(bind: SocketAddr, chain: &str, key: &str) -> ReportEndpoint {
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs.unwrap(), key)
-                .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = mta_tests::tls_acceptor(chain, key);
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let posts: Posts = Arc::default();
         let p = posts.clone();
@@ -133,20 +116,6 @@ fn report_for<'a>(reports: &'a [serde_json::Value], domain: &str) -> Option<&'a 
     reports.iter().find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
 }
 
-fn send(server: &TestServer, rcpt: &str) -> String {
-    tokio::task::block_in_place(|| {
-        let (mut c, _) = RawSmtp::connect(server.smtp);
-        c.cmd("EHLO client.test", "250");
-        c.cmd("MAIL FROM:<a@sender.test>", "250");
-        c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
-        c.cmd("DATA", "354");
-        c.send(b"From: a@sender.test\r\nSubject: tlsrpt\r\n\r\nHello.\r\n");
-        let r = c.cmd(".", "250");
-        c.cmd("QUIT", "221");
-        queued_id(&r).unwrap()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_reports_with_the_right_counts_reach_an_https_endpoint_and_a_mailto_receiver() {
     let (port, https_port) = (mta_tests::free_port(), mta_tests::free_port());
@@ -166,8 +135,8 @@ async fn tls_reports_with_the_right_counts_reach_an_https_endpoint_and_a_mailto_
     )
     .await;
 
-    let good_cert = self_signed("mx.good.test");
-    let bad_cert = self_signed("mx.bad.test");
+    let good_cert = mta_tests::self_signed("mx.good.test");
+    let bad_cert = mta_tests::self_signed("mx.bad.test");
     let stranger = KeyPair::generate().unwrap().subject_public_key_info();
     let rua = format!("v=TLSRPTv1; rua=https://report.test:{https_port}/tlsrpt,mailto:tlsrpt@reports.test");
     let zone = TestZone::new("test")
@@ -201,8 +170,8 @@ async fn tls_reports_with_the_right_counts_reach_an_https_endpoint_and_a_mailto_
     );
     let server = tokio::task::block_in_place(|| TestServer::start(&config));
 
-    send(&server, "a@good.test");
-    send(&server, "b@bad.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "a@good.test", "tlsrpt"));
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "b@bad.test", "tlsrpt"));
     assert!(good.wait_for_messages(1, Duration::from_secs(15)).await, "{}", server.stderr());
 
     // Both reports at the HTTPS endpoint, gzipped JSON with the RFC 8460 content type.
@@ -272,7 +241,7 @@ async fn a_period_s_counts_survive_a_kill_9() {
         &endpoint_key.serialize_pem(),
     )
     .await;
-    let good_cert = self_signed("mx.good.test");
+    let good_cert = mta_tests::self_signed("mx.good.test");
     let zone = TestZone::new("test")
         .ttl(1)
         .mail_domain("good.test", &[(10, "mx.good.test", ip("127.0.0.2"))])
@@ -301,7 +270,7 @@ async fn a_period_s_counts_survive_a_kill_9() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     tokio::time::sleep(Duration::from_millis(12_200 - (now.as_millis() % 12_000) as u64)).await;
     let period_start = Instant::now();
-    send(&server, "a@good.test");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "a@good.test", "tlsrpt"));
     assert!(good.wait_for_messages(1, Duration::from_secs(5)).await, "{}", server.stderr());
     // Two flush ticks, then a crash well before the period ends.
     tokio::time::sleep(Duration::from_millis(7_000).saturating_sub(period_start.elapsed())).await;

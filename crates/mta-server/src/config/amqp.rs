@@ -1,10 +1,13 @@
 //! `[[amqp]]`: an AMQP 0-9-1 broker (RabbitMQ) events are published to, one persistent message per event with
 //! publisher confirms; converts into [`mta_core::export::AmqpConfig`], whose defaults these are.
 
-use mta_core::export::{self, AmqpConfig, EndpointSettings};
+use mta_core::export::{self, AmqpConfig};
 use mta_core::EventType;
 use serde::{Deserialize, Serialize};
 
+use super::export_keys::{
+    all_events, default_batch_delay, default_batch_size, default_max_retry_age, default_timeout, ExportKeys,
+};
 use super::Invalid;
 use crate::duration::HumanDuration;
 
@@ -43,24 +46,6 @@ pub struct AmqpSection {
 fn default_routing_key() -> String {
     export::DEFAULT_ROUTING_KEY.to_string()
 }
-fn all_events() -> Vec<EventType> {
-    EventType::ALL.to_vec()
-}
-fn default_batch_size() -> usize {
-    export::DEFAULT_BATCH_SIZE
-}
-fn default_batch_delay() -> HumanDuration {
-    export::DEFAULT_BATCH_DELAY.into()
-}
-fn default_timeout() -> HumanDuration {
-    export::DEFAULT_TIMEOUT.into()
-}
-fn default_max_retry_age() -> HumanDuration {
-    export::DEFAULT_MAX_RETRY_AGE.into()
-}
-
-/// Largest `batch_size` (a batch is held in memory while it is retried).
-const MAX_BATCH_SIZE: usize = 10_000;
 
 impl AmqpSection {
     /// The checks serde cannot express; `n` is the section's index.
@@ -71,30 +56,27 @@ impl AmqpSection {
             let shown = export::redact_url(&self.url);
             return Err(Invalid::new(key("url"), format!("{shown:?} is not an amqp:// URL")));
         }
-        if self.events.is_empty() {
-            return Err(Invalid::new(key("events"), "lists no event type (leave it out for all)"));
-        }
         if self.routing_key.len() > 255 {
             return Err(Invalid::new(key("routing_key"), "longer than AMQP's 255 bytes"));
         }
-        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
-            return Err(Invalid::new(key("batch_size"), format!("must be 1 to {MAX_BATCH_SIZE}")));
+        self.export_keys().check(key)
+    }
+
+    /// The keys every export section has.
+    fn export_keys(&self) -> ExportKeys<'_> {
+        ExportKeys {
+            name: &self.name,
+            events: &self.events,
+            batch_size: self.batch_size,
+            batch_delay: &self.batch_delay,
+            timeout: &self.timeout,
+            max_retry_age: &self.max_retry_age,
         }
-        if self.timeout.get().is_zero() {
-            return Err(Invalid::new(key("timeout"), "must be above 0"));
-        }
-        Ok(())
     }
 
     /// The engine's form; `n` names it when `name` is not set.
     pub fn to_core(&self, n: usize) -> AmqpConfig {
-        let name = self.name.clone().unwrap_or_else(|| format!("amqp-{n}"));
-        let mut endpoint = EndpointSettings::defaults(name);
-        endpoint.events = self.events.iter().copied().collect();
-        endpoint.batch_size = self.batch_size;
-        endpoint.batch_delay = self.batch_delay.get();
-        endpoint.timeout = self.timeout.get();
-        endpoint.max_retry_age = self.max_retry_age.get();
+        let mut endpoint = self.export_keys().settings(format!("amqp-{n}"));
         // One channel: batches go one after another (a batch is already many messages in flight).
         endpoint.concurrency = 1;
         AmqpConfig {

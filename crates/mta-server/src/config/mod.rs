@@ -25,6 +25,7 @@ mod delivery;
 mod dkim;
 mod dns;
 mod engine;
+mod export_keys;
 mod history;
 mod http;
 mod listener;

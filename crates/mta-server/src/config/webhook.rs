@@ -1,10 +1,13 @@
 //! `[[webhook]]`: an endpoint the events are POSTed to (batched, signed, retried); converts into
 //! [`mta_core::export::WebhookConfig`], whose defaults these are.
 
-use mta_core::export::{self, EndpointSettings, WebhookConfig};
+use mta_core::export::{self, WebhookConfig};
 use mta_core::EventType;
 use serde::{Deserialize, Serialize};
 
+use super::export_keys::{
+    all_events, default_batch_delay, default_batch_size, default_max_retry_age, default_timeout, ExportKeys,
+};
 use super::Invalid;
 use crate::duration::HumanDuration;
 
@@ -39,27 +42,10 @@ pub struct WebhookSection {
     pub concurrency: usize,
 }
 
-fn all_events() -> Vec<EventType> {
-    EventType::ALL.to_vec()
-}
-fn default_batch_size() -> usize {
-    export::DEFAULT_BATCH_SIZE
-}
-fn default_batch_delay() -> HumanDuration {
-    export::DEFAULT_BATCH_DELAY.into()
-}
-fn default_timeout() -> HumanDuration {
-    export::DEFAULT_TIMEOUT.into()
-}
-fn default_max_retry_age() -> HumanDuration {
-    export::DEFAULT_MAX_RETRY_AGE.into()
-}
 fn default_concurrency() -> usize {
     export::DEFAULT_CONCURRENCY
 }
 
-/// Largest `batch_size` (a batch is held in memory while it is retried).
-const MAX_BATCH_SIZE: usize = 10_000;
 /// Largest `concurrency`.
 const MAX_CONCURRENCY: usize = 256;
 
@@ -74,30 +60,27 @@ impl WebhookSection {
         if self.secret.is_empty() {
             return Err(Invalid::new(key("secret"), "must not be empty (it signs every request)"));
         }
-        if self.events.is_empty() {
-            return Err(Invalid::new(key("events"), "lists no event type (leave it out for all)"));
-        }
-        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
-            return Err(Invalid::new(key("batch_size"), format!("must be 1 to {MAX_BATCH_SIZE}")));
-        }
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
             return Err(Invalid::new(key("concurrency"), format!("must be 1 to {MAX_CONCURRENCY}")));
         }
-        if self.timeout.get().is_zero() {
-            return Err(Invalid::new(key("timeout"), "must be above 0"));
+        self.export_keys().check(key)
+    }
+
+    /// The keys every export section has.
+    fn export_keys(&self) -> ExportKeys<'_> {
+        ExportKeys {
+            name: &self.name,
+            events: &self.events,
+            batch_size: self.batch_size,
+            batch_delay: &self.batch_delay,
+            timeout: &self.timeout,
+            max_retry_age: &self.max_retry_age,
         }
-        Ok(())
     }
 
     /// The engine's form; `n` names it when `name` is not set.
     pub fn to_core(&self, n: usize) -> WebhookConfig {
-        let name = self.name.clone().unwrap_or_else(|| format!("webhook-{n}"));
-        let mut endpoint = EndpointSettings::defaults(name);
-        endpoint.events = self.events.iter().copied().collect();
-        endpoint.batch_size = self.batch_size;
-        endpoint.batch_delay = self.batch_delay.get();
-        endpoint.timeout = self.timeout.get();
-        endpoint.max_retry_age = self.max_retry_age.get();
+        let mut endpoint = self.export_keys().settings(format!("webhook-{n}"));
         endpoint.concurrency = self.concurrency;
         WebhookConfig { url: self.url.clone(), secret: self.secret.clone(), endpoint }
     }
