@@ -462,16 +462,8 @@ impl Engine {
                 attempts: None,
                 bounce_class: None,
             })
-            .collect::<Vec<_>>();
-        // A refusal changes nothing in the spool: the events' outbox entries are committed alone, so exporters
-        // get them as durably as any other event.
-        let ops = self.inner.events.outbox_ops(&events);
-        if !ops.is_empty() {
-            if let Err(e) = self.inner.spool.commit(ops).await {
-                tracing::warn!(error = %e, "cannot write events to the outbox; they reach the event log only");
-            }
-        }
-        self.inner.events.emit(events).await;
+            .collect();
+        self.inner.events.emit_standalone(&self.inner.spool, events).await;
     }
 
     /// The engine's configuration.

@@ -231,6 +231,18 @@ impl EventLog {
             .collect()
     }
 
+    /// Record events that report no spool state change of their own (a refused recipient, a response rule's
+    /// action): their outbox entries are committed alone first, so exporters get them as durably as any other.
+    pub async fn emit_standalone(&self, spool: &mta_spool::Spool, events: Vec<Event>) {
+        let ops = self.outbox_ops(&events);
+        if !ops.is_empty() {
+            if let Err(e) = spool.commit(ops).await {
+                tracing::warn!(error = %e, "cannot write events to the outbox; they reach the event log only");
+            }
+        }
+        self.emit(events).await;
+    }
+
     /// Record events (waits when the writer is behind; never drops).
     pub async fn emit(&self, events: Vec<Event>) {
         if events.is_empty() {

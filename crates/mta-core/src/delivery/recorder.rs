@@ -132,16 +132,9 @@ impl Recorder {
     }
 
     /// Emit events that change no stored state (a `[[response_rule]]` action).
-    /// Events that report no spool state change of their own (a response rule's action): their outbox entries
-    /// are committed alone, so exporters get them as durably as any other event.
+    /// Events that report no spool state change of their own (a response rule's action).
     pub(crate) async fn emit(&self, events: Vec<Event>) {
-        let ops = self.events.outbox_ops(&events);
-        if !ops.is_empty() {
-            if let Err(e) = self.spool.commit(ops).await {
-                tracing::warn!(error = %e, "cannot write events to the outbox; they reach the event log only");
-            }
-        }
-        self.events.emit(events).await;
+        self.events.emit_standalone(&self.spool, events).await;
     }
 
     /// Stop starting background recordings.
