@@ -1,6 +1,7 @@
-//! The outbox's bounds with an endpoint that never confirms: `outbox.max_bytes` caps it (the oldest events are
-//! dropped, counted in `mta_export_dropped_total{reason="outbox_full"}` and logged), and events unconfirmed at
-//! `max_retry_age` are dropped (counted with `reason="max_retry_age"`, logged), while injection goes on.
+//! The outbox's bounds with an endpoint that never confirms: `outbox.max_bytes` caps it at every instant (the
+//! commit that would exceed it drops the oldest events first, counted in
+//! `mta_export_dropped_total{reason="outbox_full"}` and logged; its peak is published), and events unconfirmed
+//! at `max_retry_age` are dropped (counted with `reason="max_retry_age"`, logged), while injection goes on.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -63,6 +64,9 @@ fn outbox_max_bytes_drops_the_oldest_counted_and_logged() {
         "outbox over its bound: {:?}",
         metric(server.http, "mta_export_outbox_bytes", &[])
     );
+    // Never above it, not even between the reaper's passes: the commit that would exceed it drops first.
+    let peak = metric(server.http, "mta_export_outbox_peak_bytes", &[]).unwrap_or(f64::MAX);
+    assert!(peak <= max_bytes as f64, "the outbox held {peak} bytes at its peak, bound {max_bytes}");
     assert!(server.stderr().contains("outbox full: oldest events dropped"), "{}", server.stderr());
     eprintln!("dropped for space: {}", dropped());
 }

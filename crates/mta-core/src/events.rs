@@ -179,6 +179,11 @@ enum Command {
     Reopen,
 }
 
+/// Events per outbox entry at most (an exporter splits a larger entry into batches of its size).
+const OUTBOX_ENTRY_EVENTS: usize = 256;
+/// An outbox entry is closed once it holds this many bytes.
+const OUTBOX_ENTRY_BYTES: usize = 64 << 10;
+
 /// Handle to the event log; cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
@@ -219,16 +224,35 @@ impl EventLog {
     }
 
     /// Outbox entries for the events some exporter wants: commit them with the state change they report.
+    /// The events go as JSON lines in as few entries as the entry caps allow (one spool key per commit, not
+    /// one per event: the outbox's cost on the commit path is one insert).
     pub fn outbox_ops(&self, events: &[Event]) -> Vec<mta_spool::Op> {
         if self.exported.is_empty() {
             return Vec::new();
         }
-        events
-            .iter()
-            .filter(|e| self.exported.contains(e.kind))
-            .filter_map(|e| serde_json::to_vec(e).ok())
-            .map(|value| mta_spool::Op::OutboxAppend { value })
-            .collect()
+        let mut ops = Vec::new();
+        let mut value = Vec::new();
+        let mut in_value = 0usize;
+        for e in events.iter().filter(|e| self.exported.contains(e.kind)) {
+            if in_value > 0 && (in_value >= OUTBOX_ENTRY_EVENTS || value.len() >= OUTBOX_ENTRY_BYTES) {
+                ops.push(mta_spool::Op::OutboxAppend { value: std::mem::take(&mut value) });
+                in_value = 0;
+            }
+            let mark = value.len();
+            if in_value > 0 {
+                value.push(b'\n');
+            }
+            // An event that cannot be serialized (never expected) reaches the event log only.
+            if serde_json::to_writer(&mut value, e).is_ok() {
+                in_value += 1;
+            } else {
+                value.truncate(mark);
+            }
+        }
+        if in_value > 0 {
+            ops.push(mta_spool::Op::OutboxAppend { value });
+        }
+        ops
     }
 
     /// Record events that report no spool state change of their own (a refused recipient, a response rule's
@@ -343,6 +367,46 @@ mod tests {
         ] {
             assert_ne!(a, other);
         }
+    }
+
+    fn reception(n: usize) -> Event {
+        Event {
+            event_id: event_id("q", n, "r@x", EventType::Reception, 0),
+            kind: EventType::Reception,
+            id: "q".into(),
+            sender: "s@x".into(),
+            recipient: format!("r{n}@x"),
+            domain: "x".into(),
+            timestamp: now_rfc3339(),
+            response: crate::Response::local(250, (2, 0, 0), "queued"),
+            mx: None,
+            tenant: None,
+            source: None,
+            attempts: None,
+            bounce_class: None,
+        }
+    }
+
+    #[test]
+    fn a_commits_events_share_outbox_entries_within_their_caps() {
+        let log = EventLog::open(None).unwrap();
+        assert!(log.outbox_ops(&[reception(0)]).is_empty(), "nothing exported: nothing written");
+        let log = log.with_exported([EventType::Reception].into_iter().collect());
+        let events: Vec<Event> = (0..OUTBOX_ENTRY_EVENTS + 10).map(reception).collect();
+        let ops = log.outbox_ops(&events);
+        assert_eq!(ops.len(), 2, "one entry per {OUTBOX_ENTRY_EVENTS} events");
+        let mut seen = 0;
+        for op in &ops {
+            let mta_spool::Op::OutboxAppend { value } = op else { panic!("not an append: {op:?}") };
+            for (i, item) in mta_spool::outbox_items(value).enumerate() {
+                let v: serde_json::Value = serde_json::from_slice(item).unwrap();
+                assert_eq!(v["recipient"], format!("r{}@x", seen + i));
+            }
+            seen += mta_spool::outbox_items_in(value) as usize;
+        }
+        assert_eq!(seen, events.len());
+        let other = log.with_exported([EventType::Bounce].into_iter().collect());
+        assert!(other.outbox_ops(&events).is_empty(), "only the types some endpoint wants");
     }
 
     #[test]

@@ -381,6 +381,49 @@ impl Committer {
         }
     }
 
+    /// Plan the removal of the oldest stored outbox entries (after `removed_through`, which earlier ops of the
+    /// round already removed) until at least `want` bytes are freed or none is left; counted as dropped.
+    /// Returns the new `removed_through`. Entries appended earlier in this round are not in the tree yet and
+    /// are never dropped (a round larger than the whole bound can exceed it, by at most that round's bytes).
+    fn drop_oldest(
+        &self,
+        removed_through: Option<u64>,
+        want: u64,
+        outbox: &mut OutboxDelta,
+        writes: &mut Vec<Write>,
+    ) -> Result<Option<u64>, SpoolError> {
+        let start = removed_through.map_or(0, |s| s.saturating_add(1));
+        let index = self.shared.index()?;
+        let mut freed = 0u64;
+        let mut last = removed_through;
+        let mut iter = index.aux.range(outbox::key(start)..outbox::key(u64::MAX));
+        for item in iter.by_ref() {
+            let (k, v) = item.map_err(|e| SpoolError::sled("scan outbox", e))?;
+            let Some(seq) = outbox::seq_of(&k) else { continue };
+            let len = v.len() as u64;
+            freed += len;
+            outbox.removed += 1;
+            outbox.removed_bytes += len;
+            outbox.dropped += 1;
+            outbox.dropped_items += outbox::items_in(&v);
+            outbox.dropped_bytes += len;
+            writes.push(Write::AuxRemove { key: k.to_vec() });
+            last = Some(seq);
+            if freed >= want {
+                break;
+            }
+        }
+        if last != removed_through {
+            let next = iter
+                .next()
+                .transpose()
+                .map_err(|e| SpoolError::sled("scan outbox", e))?
+                .and_then(|(k, _)| outbox::seq_of(&k));
+            outbox.oldest_after_removal = Some(next.unwrap_or(u64::MAX));
+        }
+        Ok(last)
+    }
+
     /// Check one request's ops and add them to `plan`; on error the plan is left as it was.
     fn plan_request(&self, plan: &mut Plan, ops: Vec<Op>) -> Result<Vec<(MessageRecord, usize)>, SpoolError> {
         let bodies_before = plan.bodies.len();
@@ -456,6 +499,19 @@ impl Committer {
                     Op::AuxPut { key, value } => writes.push(Write::AuxPut { key, value }),
                     Op::AuxRemove { key } => writes.push(Write::AuxRemove { key }),
                     Op::OutboxAppend { value } => {
+                        // Make room first: the outbox never holds more than its bound after a round.
+                        let projected = i128::from(self.shared.outbox.bytes())
+                            + plan.outbox.net_bytes()
+                            + outbox.net_bytes()
+                            + value.len() as i128;
+                        let limit = self.shared.outbox.limit();
+                        if projected > i128::from(limit) {
+                            let excess = u64::try_from(projected - i128::from(limit)).unwrap_or(u64::MAX);
+                            // Free a sixteenth of the bound beyond the excess, so a full outbox is not
+                            // trimmed (a scan of the tree) on every append.
+                            let want = excess.saturating_add(limit / 16);
+                            removed_through = self.drop_oldest(removed_through, want, &mut outbox, &mut writes)?;
+                        }
                         let seq = self.shared.outbox.allocate();
                         outbox.added += 1;
                         outbox.added_bytes += value.len() as u64;

@@ -48,7 +48,7 @@ pub mod testing;
 pub use committer::Op;
 pub use error::SpoolError;
 pub use id::{IdGenerator, QueueId};
-pub use outbox::{OutboxStats, OUTBOX_PREFIX};
+pub use outbox::{items as outbox_items, items_in as outbox_items_in, OutboxStats, OUTBOX_PREFIX};
 pub use record::{
     domain_of, BodyLocation, DomainSchedule, MessageKind, MessageRecord, Priority, RecipientRecord, RecipientState,
     RecordError, Source, INLINE_MAX, INLINE_SEGMENT,

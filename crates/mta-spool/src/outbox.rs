@@ -6,6 +6,14 @@
 //! entry is never read before the change it reports could survive a crash. Sequence numbers start at the
 //! current time in microseconds (or after the newest stored entry), which makes an entry's key also its
 //! approximate write time: the age of the oldest entry needs no decoding.
+//!
+//! An entry holds one or more *items* separated by `\n` (exported events as JSON lines: one entry per commit,
+//! so a commit reporting fifty events writes one key, not fifty).
+//!
+//! The byte bound ([`crate::Spool::set_outbox_limit`]) is enforced by the committer in the round that would
+//! exceed it: before that round's appends are written it drops the oldest stored entries, so the outbox
+//! never holds more than its bound between rounds. Dropped entries and items are counted in
+//! [`OutboxStats`] for the owner to log and export.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +51,28 @@ pub struct OutboxStats {
     pub bytes: u64,
     /// Sequence of the oldest entry (≈ its write time in µs since the epoch), if any.
     pub oldest: Option<u64>,
+    /// The most bytes the outbox held after any round since the spool was opened.
+    pub peak_bytes: u64,
+    /// Entries dropped for space since the spool was opened.
+    pub dropped_entries: u64,
+    /// Items (newline-separated parts of entries) dropped for space since the spool was opened.
+    pub dropped_items: u64,
+    /// Bytes dropped for space since the spool was opened.
+    pub dropped_bytes: u64,
+}
+
+/// How many items (newline-separated parts) `entry` holds.
+pub fn items_in(entry: &[u8]) -> u64 {
+    if entry.is_empty() {
+        return 0;
+    }
+    let trailing = entry.last() == Some(&b'\n');
+    entry.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(!trailing)
+}
+
+/// The items of `entry`, in order (empty parts skipped).
+pub fn items(entry: &[u8]) -> impl Iterator<Item = &[u8]> {
+    entry.split(|&b| b == b'\n').filter(|part| !part.is_empty())
 }
 
 /// The outbox's counters, shared by the committer (the only writer) and readers.
@@ -55,6 +85,12 @@ pub(crate) struct OutboxState {
     bytes: AtomicU64,
     /// Sequence of the oldest stored entry, `u64::MAX` when empty.
     oldest: AtomicU64,
+    /// The byte bound the committer keeps (`u64::MAX`: none).
+    limit: AtomicU64,
+    peak_bytes: AtomicU64,
+    dropped_entries: AtomicU64,
+    dropped_items: AtomicU64,
+    dropped_bytes: AtomicU64,
 }
 
 impl OutboxState {
@@ -69,7 +105,27 @@ impl OutboxState {
             entries: AtomicU64::new(entries),
             bytes: AtomicU64::new(bytes),
             oldest: AtomicU64::new(oldest.unwrap_or(u64::MAX)),
+            limit: AtomicU64::new(u64::MAX),
+            peak_bytes: AtomicU64::new(bytes),
+            dropped_entries: AtomicU64::new(0),
+            dropped_items: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Keep the outbox within `bytes` from the next round on.
+    pub(crate) fn set_limit(&self, bytes: u64) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The byte bound (`u64::MAX`: none).
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Bytes stored now (before the round being planned).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// A fresh sequence: later than every earlier one, and not behind the clock.
@@ -92,6 +148,10 @@ impl OutboxState {
         self.bytes.fetch_add(delta.added_bytes, Ordering::Relaxed);
         sub(&self.entries, delta.removed);
         sub(&self.bytes, delta.removed_bytes);
+        self.peak_bytes.fetch_max(self.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.dropped_entries.fetch_add(delta.dropped, Ordering::Relaxed);
+        self.dropped_items.fetch_add(delta.dropped_items, Ordering::Relaxed);
+        self.dropped_bytes.fetch_add(delta.dropped_bytes, Ordering::Relaxed);
         // Removals first: the oldest stored entry they leave, then this round's own additions.
         if let Some(oldest) = delta.oldest_after_removal {
             self.oldest.store(oldest, Ordering::Relaxed);
@@ -125,6 +185,10 @@ impl OutboxState {
             entries: self.entries.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             oldest: (oldest != u64::MAX).then_some(oldest),
+            peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
+            dropped_entries: self.dropped_entries.load(Ordering::Relaxed),
+            dropped_items: self.dropped_items.load(Ordering::Relaxed),
+            dropped_bytes: self.dropped_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -144,6 +208,10 @@ pub(crate) struct OutboxDelta {
     pub(crate) removed_bytes: u64,
     /// The oldest entry left after this round's removals (`Some(u64::MAX)`: none left).
     pub(crate) oldest_after_removal: Option<u64>,
+    /// Of the removals, entries dropped for space, their items and bytes.
+    pub(crate) dropped: u64,
+    pub(crate) dropped_items: u64,
+    pub(crate) dropped_bytes: u64,
 }
 
 impl OutboxDelta {
@@ -161,6 +229,14 @@ impl OutboxDelta {
         if other.oldest_after_removal.is_some() {
             self.oldest_after_removal = other.oldest_after_removal;
         }
+        self.dropped += other.dropped;
+        self.dropped_items += other.dropped_items;
+        self.dropped_bytes += other.dropped_bytes;
+    }
+
+    /// Bytes this delta adds (negative: frees).
+    pub(crate) fn net_bytes(&self) -> i128 {
+        i128::from(self.added_bytes) - i128::from(self.removed_bytes)
     }
 }
 
@@ -173,6 +249,15 @@ mod tests {
         assert_eq!(seq_of(&key(42)), Some(42));
         assert!(key(255) < key(256));
         assert_eq!(seq_of(b"idem/x"), None);
+    }
+
+    #[test]
+    fn items_are_newline_separated_parts() {
+        assert_eq!(items_in(b""), 0);
+        assert_eq!(items_in(b"{}"), 1);
+        assert_eq!(items_in(b"{}\n{}"), 2);
+        assert_eq!(items_in(b"{}\n{}\n"), 2);
+        assert_eq!(items(b"a\nb\n").collect::<Vec<_>>(), vec![&b"a"[..], &b"b"[..]]);
     }
 
     #[test]

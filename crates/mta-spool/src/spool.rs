@@ -446,7 +446,8 @@ impl Spool {
         Ok(out)
     }
 
-    /// Up to `limit` durable outbox entries with a sequence above `after`, oldest first (blocking).
+    /// Durable outbox entries with a sequence above `after`, oldest first, until they hold at least `limit`
+    /// items (whole entries: the last may take the count past `limit`) (blocking).
     pub fn outbox_read(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
         let shared = self.shared();
         let durable = shared.outbox.durable();
@@ -455,20 +456,22 @@ impl Spool {
         }
         let index = shared.index()?;
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut items = 0u64;
         for item in index.aux.range(outbox::key(after.saturating_add(1))..=outbox::key(durable)) {
             let (k, v) = item.map_err(|e| SpoolError::sled("read outbox", e))?;
             if let Some(seq) = outbox::seq_of(&k) {
+                items += outbox::items_in(&v).max(1);
                 out.push((seq, v.to_vec()));
             }
-            if out.len() >= limit {
+            if items >= limit as u64 {
                 break;
             }
         }
         Ok(out)
     }
 
-    /// How many durable outbox entries have a sequence above `after` (counting stops at `cap`), and the
-    /// oldest of them (blocking; values are not copied).
+    /// How many items the durable outbox entries with a sequence above `after` hold (counting stops at
+    /// `cap`), and the oldest of those entries (blocking; values are not copied).
     pub fn outbox_backlog(&self, after: u64, cap: u64) -> Result<(u64, Option<u64>), SpoolError> {
         let shared = self.shared();
         let durable = shared.outbox.durable();
@@ -478,9 +481,9 @@ impl Spool {
         let index = shared.index()?;
         let (mut count, mut oldest) = (0u64, None);
         for item in index.aux.range(outbox::key(after.saturating_add(1))..=outbox::key(durable)) {
-            let (k, _) = item.map_err(|e| SpoolError::sled("read outbox", e))?;
+            let (k, v) = item.map_err(|e| SpoolError::sled("read outbox", e))?;
             oldest = oldest.or_else(|| outbox::seq_of(&k));
-            count += 1;
+            count += outbox::items_in(&v);
             if count >= cap {
                 break;
             }
@@ -497,6 +500,12 @@ impl Spool {
     /// Watch the highest durable outbox sequence (it moves after each round that appended entries).
     pub fn outbox_subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared().outbox.subscribe()
+    }
+
+    /// Keep the outbox within `bytes`: from the next commit round on, a round that would exceed it first drops
+    /// the oldest entries (counted in [`OutboxStats`]). `u64::MAX`: unbounded (the default).
+    pub fn set_outbox_limit(&self, bytes: u64) {
+        self.shared().outbox.set_limit(bytes);
     }
 
     /// Entries, bytes and oldest sequence of the outbox.

@@ -2,8 +2,11 @@
 //! [`Sink`] (at most `concurrency` batches at a time), retry failures with jittered exponential backoff until
 //! `max_retry_age`, and publish how far everything is confirmed so the reaper may forget entries.
 //!
-//! The loop never writes to the spool and holds at most `concurrency × batch_size` events in memory: a slow or
-//! dead endpoint only lets the outbox grow (within its bounds), it never slows injection or delivery.
+//! An outbox entry holds the events of one commit as JSON lines; a batch is whole entries, read until they
+//! hold at least `batch_size` events (sent as requests of at most `batch_size`).
+//!
+//! The loop never writes to the spool and holds at most `concurrency × (batch_size + 255)` events in memory: a
+//! slow or dead endpoint only lets the outbox grow (within its bounds), it never slows injection or delivery.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,7 +182,8 @@ impl Endpoint {
                         continue;
                     }
                 };
-                if entries.len() >= batch_size || tokio::time::Instant::now() >= deadline {
+                let items: u64 = entries.iter().map(|(_, v)| mta_spool::outbox_items_in(v)).sum();
+                if items >= batch_size as u64 || tokio::time::Instant::now() >= deadline {
                     break entries;
                 }
                 tokio::select! {
@@ -195,19 +199,23 @@ impl Endpoint {
             };
             let mut batch = Vec::with_capacity(entries.len());
             let mut expired = 0u64;
-            for (seq, value) in entries {
-                let wanted = serde_json::from_slice::<TypeOnly>(&value)
-                    .map(|t| self.settings.events.contains(t.kind))
-                    .unwrap_or(false);
-                if !wanted {
-                    continue;
-                }
-                if age_of(seq) > self.settings.max_retry_age {
-                    expired += 1;
-                } else {
-                    batch.push(value);
+            for (seq, value) in &entries {
+                let old = age_of(*seq) > self.settings.max_retry_age;
+                for event in mta_spool::outbox_items(value) {
+                    let wanted = serde_json::from_slice::<TypeOnly>(event)
+                        .map(|t| self.settings.events.contains(t.kind))
+                        .unwrap_or(false);
+                    if !wanted {
+                        continue;
+                    }
+                    if old {
+                        expired += 1;
+                    } else {
+                        batch.push(event.to_vec());
+                    }
                 }
             }
+            drop(entries);
             {
                 let mut p = self.progress.lock();
                 if !batch.is_empty() {
@@ -231,13 +239,21 @@ impl Endpoint {
         }
     }
 
+    /// Send what was read (in requests of at most `batch_size` events: an outbox entry may hold more) until
+    /// each is confirmed or too old.
+    async fn deliver(&self, sink: &dyn Sink, first: u64, events: Vec<Vec<u8>>) {
+        for batch in events.chunks(self.settings.batch_size.max(1)) {
+            self.deliver_batch(sink, first, batch).await;
+        }
+    }
+
     /// Send one batch until it is confirmed or too old.
-    async fn deliver(&self, sink: &dyn Sink, first: u64, batch: Vec<Vec<u8>>) {
+    async fn deliver_batch(&self, sink: &dyn Sink, first: u64, batch: &[Vec<u8>]) {
         let name = self.settings.name.as_str();
         let n = batch.len() as u64;
         let mut attempt = 0u32;
         loop {
-            let result = match tokio::time::timeout(self.settings.timeout, sink.send(&batch)).await {
+            let result = match tokio::time::timeout(self.settings.timeout, sink.send(batch)).await {
                 Ok(r) => r,
                 Err(_) => Err(SinkError::Timeout(self.settings.timeout)),
             };
