@@ -151,6 +151,8 @@ def dead_endpoint_run(n, sessions, dead, max_bytes):
         m = srv.metrics()
         dropped = mb.metric_sum(m, "mta_export_dropped_total", 'reason="outbox_full"')
         final_bytes = mb.metric_sum(m, "mta_export_outbox_bytes")
+        # The server's own high-water mark (after every commit), not only what the 100 ms sampler saw.
+        peak["bytes"] = max(peak["bytes"], mb.metric_sum(m, "mta_export_outbox_peak_bytes"))
     finally:
         stop.set()
         sampler.join()

@@ -224,8 +224,8 @@ impl EventLog {
     }
 
     /// Outbox entries for the events some exporter wants: commit them with the state change they report.
-    /// The events go as JSON lines in as few entries as the entry caps allow (one spool key per commit, not
-    /// one per event: the outbox's cost on the commit path is one insert).
+    /// The events go as JSON lines in as few appends as the caps allow (the spool joins a round's appends
+    /// into one entry: the outbox's cost on the commit path is one insert per round, not one per event).
     pub fn outbox_ops(&self, events: &[Event]) -> Vec<mta_spool::Op> {
         if self.exported.is_empty() {
             return Vec::new();

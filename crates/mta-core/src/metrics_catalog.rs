@@ -57,7 +57,7 @@ pub const METRICS: &[MetricDoc] = &[
     MetricDoc { name: "mta_export_endpoint_outbox_depth", kind: MetricKind::Gauge, unit: None, help: "Events in the outbox an endpoint has not confirmed yet, by endpoint (counted up to 1,048,576)." },
     MetricDoc { name: "mta_export_failed_total", kind: MetricKind::Counter, unit: None, help: "Export requests (batches) that failed: non-2xx answer, connection error or timeout, by endpoint." },
     MetricDoc { name: "mta_export_outbox_bytes", kind: MetricKind::Gauge, unit: Some(metrics::Unit::Bytes), help: "Bytes of events in the durable outbox (bounded by outbox.max_bytes, kept by the commit that would exceed it)." },
-    MetricDoc { name: "mta_export_outbox_entries", kind: MetricKind::Gauge, unit: None, help: "Entries in the durable outbox (one per commit that reported events, holding its events), waiting for at least one endpoint's confirmation." },
+    MetricDoc { name: "mta_export_outbox_entries", kind: MetricKind::Gauge, unit: None, help: "Entries in the durable outbox (one per spool commit round that reported events, holding those events), waiting for at least one endpoint's confirmation." },
     MetricDoc { name: "mta_export_outbox_oldest_age_seconds", kind: MetricKind::Gauge, unit: Some(metrics::Unit::Seconds), help: "Age of the oldest event in the outbox (0 when empty)." },
     MetricDoc { name: "mta_export_outbox_peak_bytes", kind: MetricKind::Gauge, unit: Some(metrics::Unit::Bytes), help: "The most bytes the outbox held after any commit since the server started (never above outbox.max_bytes, unless the outbox held more at start-up)." },
     MetricDoc { name: "mta_export_retried_total", kind: MetricKind::Counter, unit: None, help: "Events sent again after a failed request, by endpoint." },

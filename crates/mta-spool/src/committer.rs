@@ -75,7 +75,8 @@ pub enum Op {
         /// Key bytes.
         key: Vec<u8>,
     },
-    /// Append an entry to the outbox ([`crate::outbox`]); the committer gives it the next sequence.
+    /// Append to the outbox ([`crate::outbox`]): one or more `\n`-separated items. The committer joins the
+    /// appends of a round into one entry with the next sequence.
     OutboxAppend {
         /// The entry (for example one exported event as JSON).
         value: Vec<u8>,
@@ -152,6 +153,9 @@ enum Slot {
     Undecodable,
 }
 
+/// An outbox entry written by a round is closed at this size (a round's appends beyond it start another).
+const OUTBOX_ENTRY_MAX: usize = 256 << 10;
+
 /// The work of one round.
 #[derive(Default)]
 struct Plan {
@@ -167,6 +171,10 @@ struct Plan {
     outbox: OutboxDelta,
     /// Outbox entries up to this sequence are already removed by an earlier request of the round.
     outbox_removed_through: Option<u64>,
+    /// The round's outbox appends (of accepted requests), written as few entries when the round is sealed.
+    outbox_appends: Vec<Vec<u8>>,
+    /// Their bytes once joined (each counted with its separator).
+    outbox_append_bytes: u64,
 }
 
 /// A request accepted into the round: its waiter and the puts whose stored records it gets back.
@@ -343,7 +351,12 @@ impl Committer {
                 }
             }
         }
-        let outcome = if accepted.is_empty() { Ok(Vec::new()) } else { self.execute(&mut plan) };
+        let outcome = if accepted.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.seal_outbox(&mut plan);
+            self.execute(&mut plan)
+        };
         let stats = &self.shared.stats;
         // Counted before the answers go out, so a caller that sees its ack also sees the round in `stats()`.
         stats.round(ops, bytes, started.elapsed());
@@ -379,6 +392,37 @@ impl Committer {
                 }
             }
         }
+    }
+
+    /// Write the round's outbox appends as entries of up to [`OUTBOX_ENTRY_MAX`] bytes (items joined by `\n`):
+    /// one sled key per round instead of one per event is what keeps exporting cheap on the commit path.
+    fn seal_outbox(&self, plan: &mut Plan) {
+        let mut entry: Vec<u8> = Vec::new();
+        for value in std::mem::take(&mut plan.outbox_appends) {
+            if !entry.is_empty() && entry.len() + value.len() > OUTBOX_ENTRY_MAX {
+                self.append_entry(plan, std::mem::take(&mut entry));
+            }
+            if entry.is_empty() {
+                entry = value;
+            } else {
+                entry.push(b'\n');
+                entry.extend_from_slice(&value);
+            }
+        }
+        if !entry.is_empty() {
+            self.append_entry(plan, entry);
+        }
+        plan.outbox_append_bytes = 0;
+    }
+
+    fn append_entry(&self, plan: &mut Plan, value: Vec<u8>) {
+        let seq = self.shared.outbox.allocate();
+        let delta = &mut plan.outbox;
+        delta.added += 1;
+        delta.added_bytes += value.len() as u64;
+        delta.first_added = Some(delta.first_added.unwrap_or(seq).min(seq));
+        delta.last_added = Some(seq);
+        plan.writes.push(Write::AuxPut { key: outbox::key(seq), value });
     }
 
     /// Plan the removal of the oldest stored outbox entries (after `removed_through`, which earlier ops of the
@@ -434,6 +478,8 @@ impl Committer {
         let mut puts = Vec::new();
         let mut outbox = OutboxDelta::default();
         let mut removed_through = plan.outbox_removed_through;
+        let mut appends = Vec::new();
+        let mut append_bytes = 0u64;
         let result = (|| {
             for op in ops {
                 match op {
@@ -499,11 +545,16 @@ impl Committer {
                     Op::AuxPut { key, value } => writes.push(Write::AuxPut { key, value }),
                     Op::AuxRemove { key } => writes.push(Write::AuxRemove { key }),
                     Op::OutboxAppend { value } => {
+                        if value.is_empty() {
+                            continue;
+                        }
                         // Make room first: the outbox never holds more than its bound after a round.
+                        append_bytes += value.len() as u64 + 1;
                         let projected = i128::from(self.shared.outbox.bytes())
                             + plan.outbox.net_bytes()
                             + outbox.net_bytes()
-                            + value.len() as i128;
+                            + i128::from(plan.outbox_append_bytes)
+                            + i128::from(append_bytes);
                         let limit = self.shared.outbox.limit();
                         if projected > i128::from(limit) {
                             let excess = u64::try_from(projected - i128::from(limit)).unwrap_or(u64::MAX);
@@ -512,12 +563,7 @@ impl Committer {
                             let want = excess.saturating_add(limit / 16);
                             removed_through = self.drop_oldest(removed_through, want, &mut outbox, &mut writes)?;
                         }
-                        let seq = self.shared.outbox.allocate();
-                        outbox.added += 1;
-                        outbox.added_bytes += value.len() as u64;
-                        outbox.first_added = Some(outbox.first_added.unwrap_or(seq).min(seq));
-                        outbox.last_added = Some(seq);
-                        writes.push(Write::AuxPut { key: outbox::key(seq), value });
+                        appends.push(value);
                     }
                     Op::OutboxRemoveThrough { seq } => {
                         // Only the committer writes the tree, so what it holds now is what the round removes.
@@ -549,6 +595,8 @@ impl Committer {
             Ok(()) => {
                 plan.outbox.merge(outbox);
                 plan.outbox_removed_through = removed_through;
+                plan.outbox_appends.extend(appends);
+                plan.outbox_append_bytes += append_bytes;
                 plan.slots.extend(slots);
                 plan.writes.extend(writes);
                 plan.record_delta += delta;

@@ -7,8 +7,9 @@
 //! current time in microseconds (or after the newest stored entry), which makes an entry's key also its
 //! approximate write time: the age of the oldest entry needs no decoding.
 //!
-//! An entry holds one or more *items* separated by `\n` (exported events as JSON lines: one entry per commit,
-//! so a commit reporting fifty events writes one key, not fifty).
+//! An entry holds one or more *items* separated by `\n` (exported events as JSON lines). The committer joins
+//! every append of a round into one entry (up to 256 KiB), so a round reporting a thousand events writes one
+//! key, not a thousand: sled's cost is per key (node updates, splits, log records), not per byte.
 //!
 //! The byte bound ([`crate::Spool::set_outbox_limit`]) is enforced by the committer in the round that would
 //! exceed it: before that round's appends are written it drops the oldest stored entries, so the outbox

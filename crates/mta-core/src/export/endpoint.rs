@@ -2,11 +2,12 @@
 //! [`Sink`] (at most `concurrency` batches at a time), retry failures with jittered exponential backoff until
 //! `max_retry_age`, and publish how far everything is confirmed so the reaper may forget entries.
 //!
-//! An outbox entry holds the events of one commit as JSON lines; a batch is whole entries, read until they
-//! hold at least `batch_size` events (sent as requests of at most `batch_size`).
+//! An outbox entry holds the events of one spool commit round as JSON lines (at most 256 KiB); a batch is whole
+//! entries, read until they hold at least `batch_size` events (sent as requests of at most `batch_size`).
 //!
-//! The loop never writes to the spool and holds at most `concurrency × (batch_size + 255)` events in memory: a
-//! slow or dead endpoint only lets the outbox grow (within its bounds), it never slows injection or delivery.
+//! The loop never writes to the spool and holds at most `concurrency` batches in memory, each `batch_size`
+//! events plus at most one entry: a slow or dead endpoint only lets the outbox grow (within its bounds), it
+//! never slows injection or delivery.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
