@@ -1,7 +1,8 @@
 //! `[[amqp]]` export to a real RabbitMQ (Debian `rabbitmq-server`, started here as a child on loopback ports with
 //! its own node name and data dirs) across a `kill -9` of our server: 500 messages with delivered, bounced and
 //! deferred recipients; every event of every acknowledged message arrives (by `event_id`), duplicates counted;
-//! every message is persistent (delivery mode 2), JSON, routed by its type.
+//! every message is persistent (delivery mode 2), JSON, routed by its type. And `amqps://`: the broker's TLS
+//! certificate (from a CA of the test's own) is verified against `ca_file`; an endpoint without it never connects.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -33,12 +34,34 @@ struct Broker {
     port: u16,
 }
 
+/// A TLS listener for the broker: its port and PEM files (certificate chain, key).
+struct BrokerTls {
+    port: u16,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
 impl Broker {
     fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, None)
+    }
+
+    /// A broker with a plain listener and, with `tls`, an `amqps` one too.
+    fn start_with(dir: &Path, tls: Option<&BrokerTls>) -> Broker {
         let (port, dist, epmd_port) = (mta_tests::free_port(), mta_tests::free_port(), mta_tests::free_port());
         let base = dir.join("rabbitmq");
         std::fs::create_dir_all(&base).unwrap();
         std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        if let Some(t) = tls {
+            let conf = format!(
+                "listeners.ssl.1 = 127.0.0.1:{}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                t.port,
+                t.cert.display(),
+                t.key.display()
+            );
+            std::fs::write(base.join("rabbitmq.conf"), conf).unwrap();
+        }
         // Our own epmd on a loopback port, so nothing listens on the default 4369 and we can stop it by pid.
         let epmd = Command::new("epmd")
             .args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"])
@@ -265,5 +288,94 @@ async fn amqp_gets_every_event_across_a_kill9() {
     let mut server = server;
     server.sigterm();
     tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
+    drop(conn);
+}
+
+/// A CA of the test's own and a broker certificate for 127.0.0.1 it signed: (CA PEM, chain PEM, key PEM).
+fn private_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqps_verifies_the_broker_against_the_configured_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (ca, chain, key) = private_ca();
+    let tls = BrokerTls { port: mta_tests::free_port(), cert: dir.join("broker.pem"), key: dir.join("broker.key") };
+    std::fs::write(&tls.cert, &chain).unwrap();
+    std::fs::write(&tls.key, &key).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let broker = Broker::start_with(&dir, Some(&tls));
+    let conn = broker.connect().await;
+    let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+    consume(&conn, received.clone()).await;
+
+    // Two endpoints to the same amqps listener: one trusts our CA, the other only the system roots.
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", tls.port);
+    let extra = format!(
+        "[delivery]\nenabled = false\n\
+         [[amqp]]\nname = \"trusted\"\nurl = \"{url}\"\nexchange = \"{EXCHANGE}\"\nca_file = \"{ca}\"\n\
+         batch_delay = \"100ms\"\ntimeout = \"5s\"\n\
+         [[amqp]]\nname = \"untrusted\"\nurl = \"{url}\"\nexchange = \"{EXCHANGE}\"\n\
+         batch_delay = \"100ms\"\ntimeout = \"5s\"\n",
+        ca = ca_file.display()
+    );
+    let server = tokio::task::block_in_place(|| TestServer::start_in(&dir, &extra, None, None));
+    let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
+    let smtp = server.smtp;
+    let n = tokio::task::block_in_place(|| inject(smtp, 0, 20, &acked));
+    assert_eq!(n, 20);
+    let expected: HashSet<(String, String)> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(id, rcpts)| rcpts.iter().map(move |r| (id.clone(), r.clone())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<(String, String)> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.3["type"] == "reception")
+            .map(|r| {
+                (
+                    r.3["id"].as_str().unwrap_or_default().to_string(),
+                    r.3["recipient"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        if expected.is_subset(&got) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events never arrived over amqps: {} of {}\n{}",
+            got.len(),
+            expected.len(),
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The endpoint without the CA never gets through: the broker's certificate is not trusted.
+    let health = mta_tests::http_request(server.http, "GET", "/api/v1/health", &[], b"").json();
+    let untrusted = health["export"].as_array().unwrap().iter().find(|e| e["name"] == "untrusted").cloned().unwrap();
+    assert_ne!(untrusted["state"], "ok", "{untrusted}");
+    let error = untrusted["last_error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(error.contains("certificate") || error.contains("tls") || error.contains("issuer"), "{untrusted}");
+    let trusted = health["export"].as_array().unwrap().iter().find(|e| e["name"] == "trusted").cloned().unwrap();
+    assert_eq!(trusted["state"], "ok", "{trusted}");
+    eprintln!("untrusted endpoint: {untrusted}");
+    // Every message that arrived came from the trusted endpoint: each event once (nothing failed there).
+    let all = received.lock().unwrap().len();
+    assert_eq!(all, expected.len(), "one message per reception event");
+    drop(server);
     drop(conn);
 }

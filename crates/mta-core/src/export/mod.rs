@@ -101,8 +101,11 @@ impl EndpointSettings {
 /// One `[[amqp]]`.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    /// Broker URL, `amqp://user:pass@host:port/vhost`.
+    /// Broker URL, `amqp://user:pass@host:port/vhost`, or `amqps://` for TLS (verified against the system
+    /// roots plus [`AmqpConfig::ca_file`]).
     pub url: String,
+    /// Extra PEM roots trusted for `amqps://` (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Exchange published to (`""`: the default exchange, routing key = queue name).
     pub exchange: String,
     /// Routing key template: `{type}`, `{domain}`, `{tenant}` are replaced by the event's fields.
@@ -117,6 +120,7 @@ impl AmqpConfig {
         AmqpConfig {
             url: url.into(),
             exchange: exchange.into(),
+            ca_file: None,
             routing_key: DEFAULT_ROUTING_KEY.into(),
             endpoint: EndpointSettings::defaults(name),
         }
@@ -184,7 +188,13 @@ pub fn start(
     }
     for a in &config.amqp {
         let s = &a.endpoint;
-        let sink: Arc<dyn Sink> = Arc::new(Amqp::new(&a.url, &a.exchange, &a.routing_key, s.timeout)?);
+        let mut amqp = Amqp::new(&a.url, &a.exchange, &a.routing_key, s.timeout)?;
+        if let Some(path) = &a.ca_file {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| ExportError::Tls(format!("cannot read {}: {e}", path.display())))?;
+            amqp = amqp.with_ca_pem(pem);
+        }
+        let sink: Arc<dyn Sink> = Arc::new(amqp);
         let endpoint = Arc::new(Endpoint::new(s.clone()));
         tasks.push(tokio::spawn(endpoint.clone().run(spool.clone(), sink)));
         endpoints.push(endpoint);

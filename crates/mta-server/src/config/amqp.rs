@@ -18,8 +18,11 @@ pub struct AmqpSection {
     /// Label in metrics, logs and health (added key; default `amqp-<n>`, n counting from 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `amqp://user:pass@host:port/vhost` (vhost `%2f` is `/`).
+    /// `amqp://user:pass@host:port/vhost` (vhost `%2f` is `/`), or `amqps://` for TLS.
     pub url: String,
+    /// PEM roots trusted for `amqps://` besides the system's (added key; a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Exchange to publish to (default `""`, the broker's default exchange: the routing key names a queue).
     #[serde(default)]
     pub exchange: String,
@@ -51,10 +54,10 @@ impl AmqpSection {
     /// The checks serde cannot express; `n` is the section's index.
     pub(super) fn check(&self, n: usize) -> Result<(), Invalid> {
         let key = |k: &str| format!("amqp[{n}].{k}");
-        let scheme_ok = self.url.starts_with("amqp://");
+        let scheme_ok = self.url.starts_with("amqp://") || self.url.starts_with("amqps://");
         if !scheme_ok || export::Amqp::new(&self.url, "", "", self.timeout.get()).is_err() {
             let shown = export::redact_url(&self.url);
-            return Err(Invalid::new(key("url"), format!("{shown:?} is not an amqp:// URL")));
+            return Err(Invalid::new(key("url"), format!("{shown:?} is not an amqp:// or amqps:// URL")));
         }
         if self.routing_key.len() > 255 {
             return Err(Invalid::new(key("routing_key"), "longer than AMQP's 255 bytes"));
@@ -82,6 +85,7 @@ impl AmqpSection {
         AmqpConfig {
             url: self.url.clone(),
             exchange: self.exchange.clone(),
+            ca_file: self.ca_file.clone(),
             routing_key: self.routing_key.clone(),
             endpoint,
         }
@@ -112,5 +116,11 @@ mod tests {
         assert!(e.contains("amqp[0].url") && !e.contains("secretpw"), "{e}");
         let c = Config::parse("[[amqp]]\nurl = \"amqp://u:secretpw@127.0.0.1/%2f\"\n", Path::new("t")).unwrap();
         assert!(!c.to_toml_redacted().contains("secretpw"));
+        let c = Config::parse(
+            "[[amqp]]\nurl = \"amqps://u:p@broker.example/%2f\"\nca_file = \"/etc/ca.pem\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.amqp[0].to_core(0).ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
     }
 }
