@@ -170,7 +170,7 @@ async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_host
     }
     assert_eq!(paused.fetches(), 1);
     let none = p.lookup("nothing.test").await;
-    assert_eq!(none, StsLookup { policy: None, fetch_error: None });
+    assert_eq!(none, StsLookup { policy: None, fetch_error: None, fetch_failure: None });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
