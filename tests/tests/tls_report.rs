@@ -510,3 +510,65 @@ async fn testing_mode_sessions_and_a_failed_tlsa_lookup_are_counted_with_their_r
             "receiving-ip": "127.0.0.8", "failed-session-count": 1}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_rua_is_retried_on_its_own_across_a_restart_and_each_gets_one_report() {
+    let (port, port_a, port_b) = (mta_tests::free_port(), mta_tests::free_port(), mta_tests::free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, ca_file) = test_ca(tmp.path());
+    let (chain_a, key_a) = leaf(&ca, &["report-a.test"]);
+    let (chain_b, key_b) = leaf(&ca, &["report-b.test"]);
+    let a = ReportEndpoint::start(SocketAddr::new(ip("127.0.0.9"), port_a), &chain_a, &key_a).await;
+    // The second rua answers 500 to its first 4 requests.
+    let b = ReportEndpoint::serving(SocketAddr::new(ip("127.0.0.10"), port_b), &chain_b, &key_b, 4, Vec::new()).await;
+    let good_cert = mta_tests::self_signed("mx.good.test");
+    let rua = format!("v=TLSRPTv1; rua=https://report-a.test:{port_a}/a,https://report-b.test:{port_b}/b");
+    let zone = TestZone::new("test")
+        .ttl(1)
+        .mail_domain("good.test", &[(10, "mx.good.test", ip("127.0.0.2"))])
+        .tlsa("_25._tcp.mx.good.test", 3, 1, 1, Sha256::digest(&good_cert.2).to_vec())
+        .txt("_smtp._tls.good.test", &[&rua])
+        .a("report-a.test", "127.0.0.9".parse().unwrap())
+        .a("report-b.test", "127.0.0.10".parse().unwrap());
+    let dns = TestDnsServer::start(vec![zone]).await.unwrap();
+    let resolver = FaultyProxy::start(dns.addr()).await.unwrap();
+    resolver.set_authenticated_names(&["good.test", "_25._tcp.mx.good.test"]);
+    let good = SinkHandle::start(
+        SocketAddr::new(ip("127.0.0.2"), port),
+        SinkConfig { starttls: Some((good_cert.0.clone(), good_cert.1.clone())), ..Default::default() },
+    )
+    .await;
+    let config = format!(
+        "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"1s\"\nnegative_ttl = \"1s\"\ndnssec = \"trust-ad\"\n\
+         [delivery]\nport = {port}\nretry_intervals = [\"1h\"]\nsmtp_timeout = \"5s\"\ntls_ca_file = \"{}\"\n\
+         [tls_report]\nenabled = true\ninterval = \"3s\"\n",
+        resolver.addr(),
+        ca_file.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::task::block_in_place(|| TestServer::start_in(dir.path(), &config, None, None));
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "a@good.test", "tlsrpt"));
+    assert!(good.wait_for_messages(1, Duration::from_secs(10)).await, "{}", server.stderr());
+
+    // The first rua took the report; the second refused it twice (two retry rounds): then a crash.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (a.posts().is_empty() || b.refused() < 2) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((a.posts().len(), b.posts().len()), (1, 0), "{}", server.stderr());
+    assert!(b.refused() >= 2, "{}", server.stderr());
+    server.kill9();
+    drop(server);
+    let server = tokio::task::block_in_place(|| TestServer::start_in(dir.path(), &config, None, None));
+
+    // After the restart only the second rua is tried, until it takes the report.
+    let posts = wait_posts(&b, 1, Duration::from_secs(30)).await;
+    assert_eq!(posts.len(), 1, "{}", server.stderr());
+    assert_eq!(b.refused(), 4);
+    // A few more rounds (1 s each): nobody gets it twice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!((a.posts().len(), b.posts().len()), (1, 1), "{}", server.stderr());
+    let (ra, rb) = (gunzip(&a.posts()[0].1), gunzip(&b.posts()[0].1));
+    assert_eq!(ra["report-id"], rb["report-id"], "the same report");
+    assert_eq!(rb["policies"][0]["summary"]["total-successful-session-count"], 1, "{rb}");
+}
