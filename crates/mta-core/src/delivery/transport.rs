@@ -62,7 +62,8 @@ impl Transport for Smtp {
                 match (hops.tls, &hop.tlsa) {
                     // A policy asked for it: never plaintext, never an unverified certificate (RFC 8461 §5).
                     (HopTls::Verified, _) => client.tls = TlsPolicy::Verified,
-                    (HopTls::Testing, _) => client.tls = TlsPolicy::Testing,
+                    // `delivery.require_tls` (or a disabled STARTTLS) stays as configured: never weaker.
+                    (HopTls::Testing, _) if client.tls == TlsPolicy::Opportunistic => client.tls = TlsPolicy::Testing,
                     // RFC 7672 §2.2: TLSA records, none usable: TLS is still mandatory, unauthenticated.
                     (HopTls::Dane, Some(records)) if records.is_empty() => client.tls = TlsPolicy::Required,
                     (HopTls::Dane, Some(records)) => {
