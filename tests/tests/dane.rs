@@ -88,6 +88,17 @@ async fn dane_delivers_on_a_match_defers_on_a_mismatch_until_fixed_and_ignores_u
     let failure = events.iter().find(|e| e["type"] == "transient_failure" && e["recipient"] == "b@bad.test").unwrap();
     let response = failure["response"].as_str().unwrap();
     assert!(response.contains("dane policy") && response.contains("validation-failure"), "{failure}");
+    assert_eq!(
+        failure["tls"],
+        serde_json::json!({"policy": "dane", "mode": "enforce", "tls": false, "failure": "validation-failure"})
+    );
+    // The deliveries say which policy applied: DANE, and none for the unauthenticated TLSA (opportunistic TLS).
+    let tls = |rcpt: &str| {
+        let e = events.iter().find(|e| e["type"] == "delivery" && e["recipient"] == rcpt);
+        e.map(|e| e["tls"].clone()).unwrap_or_else(|| panic!("no delivery of {rcpt}: {events:#?}"))
+    };
+    assert_eq!(tls("a@good.test"), serde_json::json!({"policy": "dane", "mode": "enforce", "tls": true}));
+    assert_eq!(tls("c@unauth.test"), serde_json::json!({"policy": "none", "mode": null, "tls": true}));
     assert!(bad.messages().is_empty(), "nothing sent to a certificate the TLSA record does not name");
     assert!(!bad.commands().iter().any(|c| c.to_ascii_uppercase().starts_with("MAIL")), "no plaintext fallback");
     assert!(resolver.dnssec_asked() > 0, "queries ask for DNSSEC (AD/DO bits)");

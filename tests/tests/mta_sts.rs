@@ -145,6 +145,12 @@ fn tls_sink(ca: &TestCa, names: &[&str]) -> SinkConfig {
     SinkConfig { starttls: Some(ca.leaf(names)), ..Default::default() }
 }
 
+/// The `tls` object of the first event of `kind` for `rcpt`.
+fn tls_of(events: &[serde_json::Value], kind: &str, rcpt: &str) -> serde_json::Value {
+    let e = events.iter().find(|e| e["type"] == kind && e["recipient"] == rcpt);
+    e.map(|e| e["tls"].clone()).unwrap_or_else(|| panic!("no {kind} event for {rcpt}: {events:#?}"))
+}
+
 fn no_mail_command(sink: &SinkHandle) -> bool {
     !sink.commands().iter().any(|c| c.to_ascii_uppercase().starts_with("MAIL"))
 }
@@ -164,13 +170,18 @@ async fn enforce_uses_only_the_policy_mx_over_verified_tls_and_testing_delivers_
     let ca_file = ca.write_root(tmp.path());
     // enforce.test: the preferred MX is not in the policy (never used); the backup is, with a valid certificate.
     // testing.test: its only MX is not in the policy and offers no TLS: delivered anyway.
+    // plain.test: no policy; its MX (the enforce.test receiver) offers TLS: opportunistic.
     let zone = sts_domain(
         TestZone::new("test"),
         "enforce.test",
         &[(10, "rogue.enforce.test", ip("127.0.0.2")), (20, "mx.enforce.test", ip("127.0.0.3"))],
         "1",
     );
-    let zone = sts_domain(zone, "testing.test", &[(10, "mx.testing.test", ip("127.0.0.4"))], "1");
+    let zone = sts_domain(zone, "testing.test", &[(10, "mx.testing.test", ip("127.0.0.4"))], "1").mx(
+        "plain.test",
+        10,
+        "mx.enforce.test",
+    );
     let rogue = sink("127.0.0.2", port, tls_sink(&ca, &["rogue.enforce.test"])).await;
     let good = sink("127.0.0.3", port, tls_sink(&ca, &["mx.enforce.test"])).await;
     let plain = sink("127.0.0.4", port, SinkConfig::default()).await;
@@ -191,6 +202,25 @@ async fn enforce_uses_only_the_policy_mx_over_verified_tls_and_testing_delivers_
     assert!(good.messages()[0].tls, "delivered over TLS");
     assert_eq!(rogue.connections(), 0, "the MX outside the policy is never contacted");
     assert!(plain.wait_for_messages(1, Duration::from_secs(15)).await, "testing mode delivers");
+    tokio::task::block_in_place(|| mta_tests::send_one(server.smtp, "d@plain.test", "sts"));
+    assert!(good.wait_for_messages(2, Duration::from_secs(15)).await, "{}", server.stderr());
+
+    // Each delivery event says which policy applied and whether TLS was used.
+    let events = mta_tests::wait_events(&server, Duration::from_secs(10), |e| {
+        ["b@enforce.test", "c@testing.test", "d@plain.test"]
+            .iter()
+            .all(|r| mta_tests::count_events(e, "delivery", r) == 1)
+    })
+    .await;
+    let tls = |r: &str| tls_of(&events, "delivery", r);
+    assert_eq!(tls("b@enforce.test"), serde_json::json!({"policy": "mta-sts", "mode": "enforce", "tls": true}));
+    // The testing policy's MX is not listed (and offers no TLS): delivered, and the event says what enforce
+    // would have refused.
+    assert_eq!(
+        tls("c@testing.test"),
+        serde_json::json!({"policy": "mta-sts", "mode": "testing", "tls": false, "failure": "validation-failure"})
+    );
+    assert_eq!(tls("d@plain.test"), serde_json::json!({"policy": "none", "mode": null, "tls": true}));
 
     let view =
         tokio::task::block_in_place(|| http_request(server.http, "GET", "/api/v1/tls/policy/enforce.test", &[], b""));
@@ -246,6 +276,14 @@ async fn enforce_defers_on_a_wrong_certificate_until_it_is_fixed_and_never_sends
     );
     let failure = events.iter().find(|e| e["type"] == "transient_failure" && e["recipient"] == "b@dest.test").unwrap();
     assert!(failure["response"].as_str().unwrap().contains("4.7.5"), "{failure}");
+    assert_eq!(
+        tls_of(&events, "transient_failure", "b@dest.test"),
+        serde_json::json!({"policy": "mta-sts", "mode": "enforce", "tls": false, "failure": "certificate-host-mismatch"})
+    );
+    assert_eq!(
+        tls_of(&events, "transient_failure", "c@stripped.test"),
+        serde_json::json!({"policy": "mta-sts", "mode": "enforce", "tls": false, "failure": "starttls-not-supported"})
+    );
     assert!(wrong.messages().is_empty() && no_mail_command(&wrong), "nothing sent to the wrong certificate");
     assert!(stripped.messages().is_empty() && no_mail_command(&stripped), "nothing sent in plaintext");
     assert!(stripped.connections() >= 1, "the stripped MX was tried");

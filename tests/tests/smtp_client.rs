@@ -532,3 +532,43 @@ async fn many_concurrent_connections_are_counted() {
     assert_eq!(s.connections(), 5);
     assert!(s.max_concurrent() >= 2 && s.max_concurrent() <= 5, "{}", s.max_concurrent());
 }
+
+#[tokio::test]
+async fn testing_mode_delivers_whatever_verified_tls_would_say_and_keeps_what_it_would_have_refused() {
+    let (roots, good_cert) = issued_certificate(&["sink.test"]);
+    let (other_roots, wrong_name) = issued_certificate(&["other.test"]);
+    let mut roots = roots;
+    roots.roots.extend(other_roots.roots);
+    let testing = ClientConfig { tls: TlsPolicy::Testing, trust: Some(TlsTrust::new(roots).unwrap()), ..client() };
+    let cases = [
+        (SinkConfig { starttls: Some(good_cert.clone()), ..SinkConfig::default() }, "verified", true),
+        (SinkConfig { starttls: Some(wrong_name), ..SinkConfig::default() }, "host mismatch", true),
+        (SinkConfig { starttls: Some(certificate()), ..SinkConfig::default() }, "untrusted", true),
+        (SinkConfig { starttls: Some(good_cert), tls_garbage: true, ..SinkConfig::default() }, "garbage", false),
+        (SinkConfig::default(), "no STARTTLS", false),
+    ];
+    for (config, case, tls) in cases {
+        let s = sink(config).await;
+        let mut c = connect(&s, &testing).await;
+        assert_eq!(c.is_tls(), tls, "{case}");
+        let failure = c.testing_failure();
+        match case {
+            "verified" => assert!(failure.is_none(), "{failure:?}"),
+            "host mismatch" => assert!(
+                matches!(failure, Some(ClientError::Certificate { failure: CertificateFailure::HostMismatch, .. })),
+                "{failure:?}"
+            ),
+            "untrusted" => assert!(
+                matches!(failure, Some(ClientError::Certificate { failure: CertificateFailure::NotTrusted, .. })),
+                "{failure:?}"
+            ),
+            "garbage" => assert!(matches!(failure, Some(ClientError::Tls(_))), "{failure:?}"),
+            _ => assert!(matches!(failure, Some(ClientError::TlsRequired)), "{failure:?}"),
+        }
+        // Delivered anyway: testing mode reports, it does not refuse.
+        let to = rcpts(&["a@dest.test"]);
+        assert_eq!(c.send(&env("s@sender.test", &to), b"x\r\n").await.unwrap().delivered(), 1, "{case}");
+        c.quit().await;
+        assert_eq!(s.messages().len(), 1, "{case}");
+    }
+}

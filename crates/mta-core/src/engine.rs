@@ -461,6 +461,7 @@ impl Engine {
                 source: Some(source.to_string()),
                 attempts: None,
                 bounce_class: None,
+                tls: None,
             })
             .collect();
         self.inner.events.emit_standalone(&self.inner.spool, events).await;
@@ -641,6 +642,7 @@ impl Engine {
                 source: Some(protocol.to_string()),
                 attempts: None,
                 bounce_class: None,
+                tls: None,
             })
             .collect();
         // A reception event is exported only if the message is durable, and always if it is: same commit.

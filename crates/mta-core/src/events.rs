@@ -157,6 +157,10 @@ pub struct Event {
     /// The bounce class of the response (`bounce`, `transient_failure` and `expiration` events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bounce_class: Option<crate::bounce::BounceClass>,
+    /// The TLS policy of the session and what came of it (`delivery`, `transient_failure`, `bounce`): present
+    /// when a connection was made or a TLS policy refused the attempt before connecting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls_policy::TlsSession>,
 }
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds.

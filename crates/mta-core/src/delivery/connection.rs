@@ -9,13 +9,15 @@ use mta_smtp::Reply;
 use mta_spool::Fetched;
 
 use super::context::Context;
+use super::plan::{HopTls, NextHops};
 use super::recorder::{Outcome, Outcomes};
 use super::response_rules::RuleAction;
 use super::scheduler::{State, Work};
 use super::site::SiteKey;
 use super::sites::PREFETCH;
-use super::transport::Session;
+use super::transport::{Connected, Session as Transaction};
 use crate::events::{event_id, now_rfc3339, Event, EventType};
+use crate::tls_policy::{PolicySource, TlsSession};
 use crate::Response;
 
 /// Whether the connection can carry another message.
@@ -79,7 +81,7 @@ impl Recording {
 /// Run one connection for the site `key`.
 pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
     let Some((hops, limit)) = ctx.sites.hops(key) else { return };
-    let (mut conn, mx) = match ctx.transport.connect(&hops, key.source).await {
+    let Connected { session: mut conn, mx, addr, tls } = match ctx.transport.connect(&hops, key.source).await {
         Ok(c) => {
             ctx.sites.connected(key);
             c
@@ -96,20 +98,22 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
                 // (a `bounce` rule aside), and a `[[response_rule]]` may suspend or throttle the site.
                 let domain = ctx.timers.domain_name(w.domain);
                 let rule = apply_rule(ctx, key, &domain, &reason, &w, None).await;
+                let tls = refusal(&hops, &reason);
                 let outcome = match rule {
                     Some(RuleAction::Bounce) => Outcome::permanent(reason),
                     _ => Outcome::transient(reason),
                 };
-                ctx.recorder.record(w, State::InFlight, Outcomes::All(outcome), None, None).await;
+                ctx.recorder.record(w, State::InFlight, Outcomes::All(outcome.with_tls(tls)), None, None).await;
             }
             return;
         }
     };
+    let session = Session { mx: &mx, tls };
     let mut sent = 0usize;
     let mut taken: VecDeque<Taken> = VecDeque::new();
     let mut recording = Recording::default();
     let mut next = Next::Continue;
-    // Domains this session counted in TLS reports (one successful session per domain per connection).
+    // Domains this session counted in TLS reports (one session per domain per connection).
     let mut reported: Vec<u32> = Vec::new();
     while sent < limit && !ctx.is_stopping() {
         if taken.is_empty() {
@@ -122,12 +126,17 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
         let Some((w, fetched, epoch)) = taken.pop_front() else { continue };
         sent += 1;
         if let (Some(reports), Some(policy)) = (&ctx.tls_reports, &hops.policy) {
-            if !reported.contains(&w.domain) && reported.len() < 64 {
+            // Hosts outside the policy (a DANE site's hosts without TLSA records) are not its sessions.
+            if tls.policy != PolicySource::None && !reported.contains(&w.domain) && reported.len() < 64 {
                 reported.push(w.domain);
-                reports.success(&ctx.timers.domain_name(w.domain), policy);
+                let domain = ctx.timers.domain_name(w.domain);
+                match tls.failure {
+                    None => reports.success(&domain, policy),
+                    Some(f) => reports.failure(&domain, policy, f.as_str(), Some(&mx), addr.map(|a| a.ip())),
+                }
             }
         }
-        next = deliver_one(ctx, key, conn.as_mut(), &mx, (w, fetched, epoch), &mut recording).await;
+        next = deliver_one(ctx, key, conn.as_mut(), &session, (w, fetched, epoch), &mut recording).await;
         if matches!(next, Next::Close) {
             break;
         }
@@ -141,9 +150,25 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
     recording.finish().await;
 }
 
+/// The TLS of an attempt a policy refused (no session): which policy and why, from the response.
+fn refusal(hops: &NextHops, reason: &Response) -> Option<TlsSession> {
+    let source = match hops.tls {
+        HopTls::Verified => PolicySource::MtaSts,
+        HopTls::Dane => PolicySource::Dane,
+        HopTls::Default | HopTls::Testing => return None,
+    };
+    reason.tls_failure.map(|f| TlsSession::refused(source, f))
+}
+
+/// What every outcome of a connection shares: the host reached and the session's TLS.
+struct Session<'a> {
+    mx: &'a str,
+    tls: TlsSession,
+}
+
 /// Counts a session refused under a policy in TLS reports: its RFC 8460 type, and the MX host and address
 /// from the response text (`mx [addr]: ...`, as the transport writes it).
-fn report_failed_session(ctx: &Context, hops: &super::plan::NextHops, w: &Work, reason: &Response) {
+fn report_failed_session(ctx: &Context, hops: &NextHops, w: &Work, reason: &Response) {
     let (Some(reports), Some(policy), Some(failure)) = (&ctx.tls_reports, &hops.policy, reason.tls_failure) else {
         return;
     };
@@ -190,8 +215,8 @@ fn give_back(ctx: &Arc<Context>, key: &SiteKey, taken: VecDeque<Taken>) {
 async fn deliver_one(
     ctx: &Arc<Context>,
     key: &SiteKey,
-    conn: &mut dyn Session,
-    mx: &str,
+    conn: &mut dyn Transaction,
+    session: &Session<'_>,
     (w, fetched, epoch): Taken,
     recording: &mut Recording,
 ) -> Next {
@@ -286,7 +311,7 @@ async fn deliver_one(
                         (RecipientOutcome::Transient(_), _) => Outcome::transient(response),
                         (RecipientOutcome::Permanent(_), _) => Outcome::permanent(response),
                     };
-                    list.push((addr.clone(), outcome));
+                    list.push((addr.clone(), outcome.with_tls(Some(session.tls))));
                 }
                 throttle |= !ruled
                     && res.data_reply.as_ref().is_some_and(|r| Response::remote(r, Stage::DataTerm).is_throttle());
@@ -309,14 +334,19 @@ async fn deliver_one(
                     Outcome::permanent(response.clone())
                 } else {
                     Outcome::transient(response)
-                };
+                }
+                .with_tls(Some(session.tls));
                 for addr in chunk {
                     list.push((addr.clone(), outcome.clone()));
                 }
                 if e.is_connection_level() || !conn.is_usable() {
                     next = Next::Close;
                     // Recipients of later chunks were not tried: they take the same transient result.
-                    whole = Some(if e.is_permanent() { Outcome::transient(Response::from_error(&e)) } else { outcome });
+                    whole = Some(if e.is_permanent() {
+                        Outcome::transient(Response::from_error(&e)).with_tls(Some(session.tls))
+                    } else {
+                        outcome
+                    });
                     break;
                 }
             }
@@ -336,7 +366,7 @@ async fn deliver_one(
     }
     // With a single destination nobody else updates this record meanwhile: the copy read above is current.
     let known = (rec.schedules.len() == 1).then_some(rec);
-    let (recorder, mx) = (ctx.recorder.clone(), mx.to_string());
+    let (recorder, mx) = (ctx.recorder.clone(), session.mx.to_string());
     let task = tokio::spawn(async move {
         recorder.record(w, State::InFlight, outcomes, Some(mx), known).await;
         drop(owned);
@@ -391,6 +421,7 @@ async fn apply_rule(
         source: Some(reason),
         attempts: None,
         bounce_class: None,
+        tls: None,
     };
     ctx.recorder.emit(vec![event]).await;
     Some(rule.action)

@@ -15,6 +15,9 @@ pub struct Hop {
     /// Its DNSSEC-authenticated TLSA records under a DANE site ([`HopTls::Dane`]): the usable ones; empty when
     /// it published only unusable ones (TLS still required, RFC 7672 §2.2); `None` without any.
     pub tlsa: Option<std::sync::Arc<Vec<mta_smtp::client::Tlsa>>>,
+    /// Under an MTA-STS `testing` policy ([`HopTls::Testing`]): the policy does not list this host (used anyway,
+    /// reported as a failed session).
+    pub outside_policy: bool,
 }
 
 /// What TLS the hops of a site must offer.
@@ -28,6 +31,9 @@ pub enum HopTls {
     /// DANE (RFC 7672): each hop with TLSA records must present a matching certificate; hops without any are
     /// opportunistic.
     Dane,
+    /// An MTA-STS `testing` policy: opportunistic as without one, but the certificate is checked as `enforce`
+    /// would and what it would have refused is reported (RFC 8461 §5).
+    Testing,
 }
 
 /// The ordered next hops of a site.
@@ -58,6 +64,7 @@ impl NextHops {
                 name: h.name.trim_end_matches('.').to_string(),
                 addrs: h.addresses.iter().map(|a| SocketAddr::new(*a, port)).collect(),
                 tlsa: None,
+                outside_policy: false,
             })
             .collect();
         NextHops { name: names.join(","), hosts, tls: HopTls::Default, policy: None }
@@ -68,7 +75,7 @@ impl NextHops {
         let host = relay.rsplit_once(':').map(|(h, _)| h).unwrap_or(relay).trim_matches(['[', ']']);
         NextHops {
             name: format!("route:{relay}"),
-            hosts: vec![Hop { name: host.to_string(), addrs, tlsa: None }],
+            hosts: vec![Hop { name: host.to_string(), addrs, tlsa: None, outside_policy: false }],
             tls: HopTls::Default,
             policy: None,
         }

@@ -19,6 +19,7 @@ use super::timers::Timers;
 use super::DeliveryConfig;
 use crate::events::EventLog;
 use crate::events::{event_id, now_rfc3339, Event, EventType};
+use crate::tls_policy::TlsSession;
 use crate::Response;
 
 /// What happened to a recipient.
@@ -35,21 +36,28 @@ pub(crate) enum Kind {
 pub(crate) struct Outcome {
     pub(crate) kind: Kind,
     pub(crate) response: Response,
+    /// The session's TLS policy and result, for the event (`None`: no connection and no policy refusal).
+    pub(crate) tls: Option<TlsSession>,
 }
 
 impl Outcome {
     pub(crate) fn transient(response: Response) -> Outcome {
-        Outcome { kind: Kind::Transient, response }
+        Outcome { kind: Kind::Transient, response, tls: None }
     }
     pub(crate) fn permanent(response: Response) -> Outcome {
-        Outcome { kind: Kind::Permanent, response }
+        Outcome { kind: Kind::Permanent, response, tls: None }
     }
     pub(crate) fn delivered(response: Response) -> Outcome {
-        Outcome { kind: Kind::Delivered, response }
+        Outcome { kind: Kind::Delivered, response, tls: None }
     }
     /// Past `max_age`: bounced with `4.4.7` (RFC 3463 "delivery time expired").
     pub(crate) fn expired(text: String) -> Outcome {
-        Outcome { kind: Kind::Expired, response: Response::local(451, (4, 4, 7), text) }
+        Outcome { kind: Kind::Expired, response: Response::local(451, (4, 4, 7), text), tls: None }
+    }
+    /// The same outcome, reached in a session with this TLS.
+    pub(crate) fn with_tls(mut self, tls: Option<TlsSession>) -> Outcome {
+        self.tls = tls;
+        self
     }
 }
 
@@ -263,6 +271,7 @@ impl Recorder {
                 source: None,
                 attempts: Some(r.attempts),
                 bounce_class: class,
+                tls: o.tls,
             });
         }
         let mut next_due = None;

@@ -68,7 +68,12 @@ impl Transport for ScriptedTransport {
             }
             let open = rx.open.fetch_add(1, Ordering::SeqCst) + 1;
             rx.connects.lock().push((Instant::now(), open));
-            Ok((Box::new(ScriptedSession { rx: rx.clone(), sends: 0 }) as Box<dyn Session>, "mx.test".to_string()))
+            Ok(Connected {
+                session: Box::new(ScriptedSession { rx: rx.clone(), sends: 0 }) as Box<dyn Session>,
+                mx: "mx.test".to_string(),
+                addr: None,
+                tls: crate::tls_policy::TlsSession::opportunistic(false),
+            })
         })
     }
 }

@@ -13,7 +13,9 @@ use super::plan::{HopTls, NextHops};
 use super::recorder::Outcome;
 use super::DeliveryConfig;
 use crate::dns::{Dnssec, Resolver};
-use crate::tls_policy::{self, DaneSetting, Fetcher, HostTlsa, MtaStsSetting, StsMode, TlsPolicies};
+use crate::tls_policy::{
+    self, DaneSetting, Fetcher, HostTlsa, MtaStsSetting, PolicySource, StsMode, TlsPolicies, TlsResultType, TlsSession,
+};
 use crate::tls_report::{self, PolicyDesc, TlsReports};
 use crate::Response;
 
@@ -104,9 +106,9 @@ fn dane_desc(hops: &NextHops) -> Arc<PolicyDesc> {
 }
 
 /// Counts a failed session for `domain` in TLS reports (a policy failure found before connecting).
-fn report_failure(ctx: &Context, domain: &str, policy: &PolicyDesc, result: &str) {
+fn report_failure(ctx: &Context, domain: &str, policy: &PolicyDesc, result: TlsResultType, mx: Option<&str>) {
     if let Some(reports) = &ctx.tls_reports {
-        reports.failure(domain, policy, result, None, None);
+        reports.failure(domain, policy, result.as_str(), mx, None);
     }
 }
 
@@ -138,8 +140,15 @@ async fn dane(ctx: &Context, domain: &str, hops: &mut NextHops) -> Result<bool, 
             }
             HostTlsa::Failed(e) => {
                 count_dane("tlsa_lookup_failed");
+                // RFC 8460 `dnssec-invalid`: the resolver gave no valid answer (a validating resolver answers
+                // SERVFAIL to bogus data); the report describes the TLSA records found so far, if any.
+                let failure = TlsResultType::DnssecInvalid;
                 let text = format!("DANE: TLSA lookup for {} failed: {e}", tls_policy::tlsa_name(&hop.name));
-                return Err(Outcome::transient(Response::local(451, (4, 4, 3), text)));
+                let name = hop.name.clone();
+                report_failure(ctx, domain, &dane_desc(hops), failure, Some(&name));
+                let response = Response { tls_failure: Some(failure), ..Response::local(451, (4, 4, 3), text) };
+                let tls = TlsSession::refused(PolicySource::Dane, failure);
+                return Err(Outcome::transient(response).with_tls(Some(tls)));
             }
         }
     }
@@ -166,11 +175,11 @@ pub(crate) async fn apply(ctx: &Context, domain: &str, mut hops: NextHops) -> Re
         return Ok(hops);
     };
     let found = policies.lookup(domain).await;
-    if found.fetch_error.is_some() {
+    if let Some(failure) = found.fetch_failure {
         count("none", "fetch_error");
         if found.policy.is_none() {
             let none = PolicyDesc { policy_type: "no-policy-found".into(), policy_string: vec![], mx_host: vec![] };
-            report_failure(ctx, domain, &none, "sts-policy-fetch-error");
+            report_failure(ctx, domain, &none, failure, None);
         }
     }
     let Some(cached) = found.policy else {
@@ -180,13 +189,20 @@ pub(crate) async fn apply(ctx: &Context, domain: &str, mut hops: NextHops) -> Re
     match policy.mode {
         StsMode::None => Ok(hops),
         StsMode::Testing => {
-            let refused: Vec<&str> = hops.hosts.iter().map(|h| h.name.as_str()).filter(|h| !policy.allows(h)).collect();
+            for hop in hops.hosts.iter_mut() {
+                hop.outside_policy = !policy.allows(&hop.name);
+            }
+            let refused: Vec<&str> = hops.hosts.iter().filter(|h| h.outside_policy).map(|h| h.name.as_str()).collect();
             if refused.is_empty() {
                 count("testing", "matched");
             } else {
                 count("testing", "mx_mismatch");
                 tracing::info!(domain, mx = ?refused, "MTA-STS testing: MX hosts not in the policy (delivered anyway)");
             }
+            // A separate site: its sessions check certificates and are reported, unlike opportunistic ones.
+            hops.name = format!("{}+mta-sts-testing", hops.name);
+            hops.tls = HopTls::Testing;
+            hops.policy = Some(sts_desc(policy));
             Ok(hops)
         }
         StsMode::Enforce => {
@@ -194,15 +210,16 @@ pub(crate) async fn apply(ctx: &Context, domain: &str, mut hops: NextHops) -> Re
             hops.hosts.retain(|h| policy.allows(&h.name));
             if hops.hosts.is_empty() {
                 count("enforce", "mx_mismatch");
-                report_failure(ctx, domain, &sts_desc(policy), "validation-failure");
+                let failure = TlsResultType::ValidationFailure;
+                report_failure(ctx, domain, &sts_desc(policy), failure, None);
                 let text = format!(
                     "MTA-STS policy of {domain} (id {}) allows none of its {before} MX hosts (mx: {})",
                     cached.id,
                     policy.mx.join(" ")
                 );
-                let response = Response::local(451, (4, 4, 4), text);
-                let tls_failure = Some(tls_policy::TlsResultType::ValidationFailure);
-                return Err(Outcome::transient(Response { tls_failure, ..response }));
+                let response = Response { tls_failure: Some(failure), ..Response::local(451, (4, 4, 4), text) };
+                let tls = TlsSession::refused(PolicySource::MtaSts, failure);
+                return Err(Outcome::transient(response).with_tls(Some(tls)));
             }
             count("enforce", "matched");
             // A separate site: its connections must never carry (or be) opportunistic ones.

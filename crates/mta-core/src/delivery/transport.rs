@@ -8,14 +8,24 @@ use std::pin::Pin;
 
 use mta_smtp::client::{ClientConfig, ClientError, Connection, Envelope, SendResult, TlsPolicy};
 
-use super::plan::{HopTls, NextHops};
+use super::plan::{Hop, HopTls, NextHops};
+use crate::tls_policy::{PolicyMode, PolicySource, TlsResultType, TlsSession};
 use crate::Response;
 
 /// A boxed future (the traits below are object-safe so the runtime holds `Arc<dyn Transport>`).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An open session and the name of the host it reached.
-pub(crate) type Connected = (Box<dyn Session>, String);
+/// An open session, the host it reached, and its TLS under the site's policy.
+pub(crate) struct Connected {
+    /// The session.
+    pub(crate) session: Box<dyn Session>,
+    /// The MX host name reached (`mx` in events).
+    pub(crate) mx: String,
+    /// Its address (`receiving-ip` in TLS reports).
+    pub(crate) addr: Option<std::net::SocketAddr>,
+    /// The policy the session ran under and what came of it.
+    pub(crate) tls: TlsSession,
+}
 
 /// Opens outbound sessions.
 pub(crate) trait Transport: Send + Sync {
@@ -45,52 +55,55 @@ impl Transport for Smtp {
         Box::pin(async move {
             let mut client = self.client.clone();
             client.source_address = source.or(client.source_address);
-            let source_label = match hops.tls {
-                HopTls::Verified => {
-                    // A policy asked for it: never plaintext, never an unverified certificate (RFC 8461 §5).
-                    client.tls = TlsPolicy::Verified;
-                    Some("mta-sts")
-                }
-                HopTls::Dane => Some("dane"),
-                HopTls::Default => None,
-            };
             let mut last = Response::local(451, (4, 4, 1), "no next hop");
             for hop in &hops.hosts {
                 let mut client = client.clone();
-                let mut policy = source_label;
-                if hops.tls == HopTls::Dane {
-                    match &hop.tlsa {
-                        // RFC 7672 §2.2: TLSA records, none usable: TLS is still mandatory, unauthenticated.
-                        Some(records) if records.is_empty() => client.tls = TlsPolicy::Required,
-                        Some(records) => {
-                            client.tls = TlsPolicy::Dane;
-                            client.dane = Some(records.clone());
-                        }
-                        None => policy = None,
+                let policy = hop_policy(hops.tls, hop);
+                match (hops.tls, &hop.tlsa) {
+                    // A policy asked for it: never plaintext, never an unverified certificate (RFC 8461 §5).
+                    (HopTls::Verified, _) => client.tls = TlsPolicy::Verified,
+                    // `delivery.require_tls` (or a disabled STARTTLS) stays as configured: never weaker.
+                    (HopTls::Testing, _) if client.tls == TlsPolicy::Opportunistic => client.tls = TlsPolicy::Testing,
+                    // RFC 7672 §2.2: TLSA records, none usable: TLS is still mandatory, unauthenticated.
+                    (HopTls::Dane, Some(records)) if records.is_empty() => client.tls = TlsPolicy::Required,
+                    (HopTls::Dane, Some(records)) => {
+                        client.tls = TlsPolicy::Dane;
+                        client.dane = Some(records.clone());
                     }
+                    _ => {}
                 }
                 let name = hop.name.as_str();
                 for addr in hop.addrs.iter().copied() {
                     match Connection::connect(addr, name, &client).await {
                         Ok(conn) => {
                             metrics::counter!("mta_delivery_connections_opened_total").increment(1);
-                            if let Some(source) = policy {
-                                policy_outcome(source, "tls_verified");
+                            let tls = session_tls(hops.tls, hop, policy, &conn);
+                            if let (PolicySource::Dane | PolicySource::MtaSts, Some(PolicyMode::Enforce)) =
+                                (tls.policy, tls.mode)
+                            {
+                                policy_outcome(label(tls.policy), tls.failure.map_or("tls_verified", |f| f.as_str()));
                             }
-                            return Ok((Box::new(conn) as Box<dyn Session>, name.to_string()));
+                            let session = Box::new(conn) as Box<dyn Session>;
+                            return Ok(Connected { session, mx: name.to_string(), addr: Some(addr), tls });
                         }
                         Err(e) => {
                             tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
                             last = Response::from_error(&e);
-                            if let (Some(source), Some(failure)) = (policy, last.tls_failure) {
-                                policy_outcome(source, failure.as_str());
+                            let enforced = policy.filter(|(_, mode)| *mode == PolicyMode::Enforce).map(|(p, _)| p);
+                            if enforced.is_none() {
+                                // Opportunistic and `testing` sessions fall back to plaintext: not a policy failure.
+                                last.tls_failure = None;
                             }
-                            if let Some(source) = policy {
-                                // The event says which policy refused the session, and why (RFC 8460 type).
+                            if let (Some(source), Some(failure)) = (enforced, last.tls_failure) {
+                                policy_outcome(label(source), failure.as_str());
+                            }
+                            if let Some(source) = enforced {
+                                // The text says which policy refused the session, and why (RFC 8460 type).
                                 let why = last.tls_failure.map_or("", |f| f.as_str());
                                 last.text = format!(
-                                    "{} ({source} policy{}{why})",
+                                    "{} ({} policy{}{why})",
                                     last.text,
+                                    label(source),
                                     if why.is_empty() { "" } else { ": " }
                                 );
                             }
@@ -103,6 +116,42 @@ impl Transport for Smtp {
             }
             Err(last)
         })
+    }
+}
+
+/// The policy governing `hop` on a site with `tls`: DANE for hosts with TLSA records (hosts without are
+/// opportunistic), MTA-STS for every host of an MTA-STS site.
+fn hop_policy(tls: HopTls, hop: &Hop) -> Option<(PolicySource, PolicyMode)> {
+    match tls {
+        HopTls::Default => None,
+        HopTls::Verified => Some((PolicySource::MtaSts, PolicyMode::Enforce)),
+        HopTls::Testing => Some((PolicySource::MtaSts, PolicyMode::Testing)),
+        HopTls::Dane => hop.tlsa.as_ref().map(|_| (PolicySource::Dane, PolicyMode::Enforce)),
+    }
+}
+
+/// What an established session's TLS says under the policy: enforced sessions that connected met it, except
+/// a DANE host whose TLSA records are all unusable (`tlsa-invalid`, delivered over unauthenticated TLS);
+/// `testing` sessions report what `enforce` would have refused.
+fn session_tls(tls: HopTls, hop: &Hop, policy: Option<(PolicySource, PolicyMode)>, conn: &Connection) -> TlsSession {
+    let Some((source, mode)) = policy else {
+        return TlsSession::opportunistic(conn.is_tls());
+    };
+    let failure = match tls {
+        HopTls::Dane if hop.tlsa.as_ref().is_some_and(|r| r.is_empty()) => Some(TlsResultType::TlsaInvalid),
+        // RFC 8460 has no type for "MX host not in the policy"; `enforce` reports it the same way.
+        HopTls::Testing if hop.outside_policy => Some(TlsResultType::ValidationFailure),
+        HopTls::Testing => conn.testing_failure().and_then(TlsResultType::from_client_error),
+        _ => None,
+    };
+    TlsSession { policy: source, mode: Some(mode), tls: conn.is_tls(), failure }
+}
+
+fn label(source: PolicySource) -> &'static str {
+    match source {
+        PolicySource::Dane => "dane",
+        PolicySource::MtaSts => "mta-sts",
+        PolicySource::None => "none",
     }
 }
 

@@ -26,6 +26,8 @@ pub struct FetchError {
     pub host: String,
     /// What went wrong.
     pub reason: String,
+    /// The policy host's certificate did not verify (RFC 8460 `sts-webpki-invalid`).
+    pub webpki: bool,
 }
 
 /// How policies are fetched.
@@ -55,35 +57,41 @@ impl Fetcher {
     /// The policy body of `domain` (not parsed).
     pub async fn fetch(&self, resolver: &Resolver, domain: &str) -> Result<Bytes, FetchError> {
         let host = format!("mta-sts.{domain}");
-        let fail = |reason: String| FetchError { host: host.clone(), reason };
+        let fail = |(reason, webpki): (String, bool)| FetchError { host: host.clone(), reason, webpki };
         match tokio::time::timeout(self.limit, self.fetch_inner(resolver, &host)).await {
             Ok(result) => result.map_err(fail),
-            Err(_) => Err(fail(format!("no answer within {:?}", self.limit))),
+            Err(_) => Err(fail((format!("no answer within {:?}", self.limit), false))),
         }
     }
 
-    async fn fetch_inner(&self, resolver: &Resolver, host: &str) -> Result<Bytes, String> {
-        let ips = resolver.lookup_ip(host).await.map_err(|e| format!("address lookup: {e}"))?;
-        let name = ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a host name"))?;
-        let mut last = "no address".to_string();
+    /// The body, or why not and whether it was the host's certificate.
+    async fn fetch_inner(&self, resolver: &Resolver, host: &str) -> Result<Bytes, (String, bool)> {
+        let ips = resolver.lookup_ip(host).await.map_err(|e| (format!("address lookup: {e}"), false))?;
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|_| (format!("{host:?} is not a host name"), false))?;
+        let mut last = ("no address".to_string(), false);
         // Each address gets its turn within the overall limit; the first that answers over TLS is used.
         for ip in ips.into_iter().take(8) {
             let addr = SocketAddr::new(ip, self.port);
             let tcp = match TcpStream::connect(addr).await {
                 Ok(tcp) => tcp,
                 Err(e) => {
-                    last = format!("connect {addr}: {e}");
+                    last = (format!("connect {addr}: {e}"), false);
                     continue;
                 }
             };
             let tls = match self.tls.connect(name.clone(), tcp).await {
                 Ok(tls) => tls,
                 Err(e) => {
-                    last = format!("TLS with {addr}: {e}");
+                    let webpki = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                    last = (format!("TLS with {addr}: {e}"), webpki);
                     continue;
                 }
             };
-            return get(tls, host).await;
+            return get(tls, host).await.map_err(|e| (e, false));
         }
         Err(last)
     }

@@ -8,6 +8,7 @@
 //! - `result`: RFC 8460 result types of failed sessions ([`TlsResultType`]), carried on delivery responses.
 //! - `cache`: policies by domain, in memory and in the spool's aux tree (they survive restarts).
 //! - `dane`: DANE (RFC 7672): authenticated TLSA records of MX hosts ([`HostTlsa`]); takes precedence.
+//! - `session`: which policy governed a delivery session and what came of it ([`TlsSession`], in events).
 //!
 //! # Threat model
 //! MTA-STS protects against an active attacker on the path between us and the destination's MX hosts (strip
@@ -24,6 +25,7 @@ mod policy;
 mod record;
 mod result;
 mod roots;
+mod session;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +45,7 @@ pub use policy::{PolicyError, StsMode, StsPolicy, MAX_AGE_LIMIT};
 pub use record::{parse_record, parse_records, RecordError, StsRecord};
 pub use result::TlsResultType;
 pub use roots::{load_roots, RootsError};
+pub use session::{PolicyMode, PolicySource, TlsSession};
 
 use crate::dns::{DnsError, Resolver};
 use cache::PolicyCache;
@@ -68,9 +71,14 @@ pub const DEFAULT_MTA_STS_PORT: u16 = 443;
 pub struct StsLookup {
     /// The policy in force, if any (`mode: none` included, for reporting).
     pub policy: Option<CachedPolicy>,
-    /// Why the latest fetch failed, when it did (RFC 8460 `sts-policy-fetch-error` / `sts-policy-invalid`).
+    /// Why the latest fetch failed, when it did.
     pub fetch_error: Option<String>,
+    /// Its RFC 8460 type: `sts-policy-fetch-error`, `sts-policy-invalid` or `sts-webpki-invalid`.
+    pub fetch_failure: Option<TlsResultType>,
 }
+
+/// A failed fetch: its RFC 8460 type and text.
+type Failure = (TlsResultType, String);
 
 /// The MTA-STS policies of destinations; one per engine, shared.
 pub struct TlsPolicies {
@@ -82,7 +90,7 @@ pub struct TlsPolicies {
     inflight: Mutex<HashMap<String, SharedFetch>>,
     /// Failed fetches by domain: (id, Unix time before which it is not fetched again, error). Without it every
     /// delivery attempt to a domain with a broken policy host would wait for a fetch.
-    failures: Mutex<HashMap<String, (String, u64, String)>>,
+    failures: Mutex<HashMap<String, (String, u64, Failure)>>,
     /// How long a failed fetch is not repeated.
     retry_after: Duration,
     fetches: AtomicU64,
@@ -100,7 +108,7 @@ impl std::fmt::Debug for TlsPolicies {
 }
 
 /// One fetch shared by every lookup that needs it.
-type SharedFetch = Shared<BoxFuture<'static, Result<CachedPolicy, String>>>;
+type SharedFetch = Shared<BoxFuture<'static, Result<CachedPolicy, Failure>>>;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -152,7 +160,7 @@ impl TlsPolicies {
             Err(DnsError::NxDomain | DnsError::NoData) => Err(RecordError::None),
             Err(e) => {
                 tracing::debug!(domain, error = %e, "MTA-STS record lookup failed");
-                return StsLookup { policy: cached, fetch_error: None };
+                return StsLookup { policy: cached, fetch_error: None, fetch_failure: None };
             }
         };
         let record = match record {
@@ -161,7 +169,7 @@ impl TlsPolicies {
                 if !matches!(e, RecordError::None) {
                     tracing::info!(domain, error = %e, "unusable MTA-STS record");
                 }
-                return StsLookup { policy: cached, fetch_error: None };
+                return StsLookup { policy: cached, fetch_error: None, fetch_failure: None };
             }
         };
         if let Some(c) = &cached {
@@ -171,19 +179,19 @@ impl TlsPolicies {
                     // Not awaited: the spawned fetch replaces the cached policy when it succeeds.
                     drop(self.fetch_shared(&domain, &record.id));
                 }
-                return StsLookup { policy: cached, fetch_error: None };
+                return StsLookup { policy: cached, fetch_error: None, fetch_failure: None };
             }
         }
         let failed =
             self.failures.lock().get(&domain).filter(|(id, until, _)| *id == record.id && now < *until).cloned();
-        if let Some((_, _, error)) = failed {
-            return StsLookup { policy: cached, fetch_error: Some(error) };
+        if let Some((_, _, (kind, error))) = failed {
+            return StsLookup { policy: cached, fetch_error: Some(error), fetch_failure: Some(kind) };
         }
         match self.fetch_shared(&domain, &record.id).await {
-            Ok(fresh) => StsLookup { policy: Some(fresh), fetch_error: None },
-            Err(e) => {
+            Ok(fresh) => StsLookup { policy: Some(fresh), fetch_error: None, fetch_failure: None },
+            Err((kind, e)) => {
                 tracing::info!(domain, error = %e, "MTA-STS policy fetch failed");
-                StsLookup { policy: cached, fetch_error: Some(e) }
+                StsLookup { policy: cached, fetch_error: Some(e), fetch_failure: Some(kind) }
             }
         }
     }
@@ -218,16 +226,22 @@ impl TlsPolicies {
             this.inflight.lock().remove(&d);
             result
         });
-        let shared =
-            async move { task.await.unwrap_or_else(|e| Err(format!("policy fetch task: {e}"))) }.boxed().shared();
+        let shared = async move {
+            task.await.unwrap_or_else(|e| Err((TlsResultType::StsPolicyFetchError, format!("policy fetch task: {e}"))))
+        }
+        .boxed()
+        .shared();
         inflight.insert(domain.to_string(), shared.clone());
         shared
     }
 
-    async fn fetch_and_store(&self, domain: &str, id: &str) -> Result<CachedPolicy, String> {
+    async fn fetch_and_store(&self, domain: &str, id: &str) -> Result<CachedPolicy, Failure> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let body = self.fetcher.fetch(&self.resolver, domain).await.map_err(|e| e.to_string())?;
-        let policy = StsPolicy::parse(&body).map_err(|e| e.to_string())?;
+        let body = self.fetcher.fetch(&self.resolver, domain).await.map_err(|e| {
+            let kind = if e.webpki { TlsResultType::StsWebpkiInvalid } else { TlsResultType::StsPolicyFetchError };
+            (kind, e.to_string())
+        })?;
+        let policy = StsPolicy::parse(&body).map_err(|e| (TlsResultType::StsPolicyInvalid, e.to_string()))?;
         let now = unix_now();
         let fresh = CachedPolicy { id: id.to_string(), policy, fetched: now };
         self.cache.put(domain, fresh.clone(), now).await;

@@ -18,6 +18,17 @@ pub enum TlsResultType {
     CertificateNotTrusted,
     /// Any other failure to establish verified TLS (including "no MX host matches the policy").
     ValidationFailure,
+    /// DANE: none of the MX host's authenticated TLSA records is usable (TLS still required, unauthenticated).
+    TlsaInvalid,
+    /// DANE: the resolver returned no valid answer for an MX host's TLSA records (SERVFAIL, timeout) although
+    /// the MX answer was authenticated: deferred (RFC 7672 §2.2).
+    DnssecInvalid,
+    /// MTA-STS: the policy announced in DNS could not be fetched.
+    StsPolicyFetchError,
+    /// MTA-STS: the fetched policy is not a valid policy file.
+    StsPolicyInvalid,
+    /// MTA-STS: the policy host's certificate did not verify (PKIX).
+    StsWebpkiInvalid,
 }
 
 impl TlsResultType {
@@ -29,6 +40,11 @@ impl TlsResultType {
             TlsResultType::CertificateExpired => "certificate-expired",
             TlsResultType::CertificateNotTrusted => "certificate-not-trusted",
             TlsResultType::ValidationFailure => "validation-failure",
+            TlsResultType::TlsaInvalid => "tlsa-invalid",
+            TlsResultType::DnssecInvalid => "dnssec-invalid",
+            TlsResultType::StsPolicyFetchError => "sts-policy-fetch-error",
+            TlsResultType::StsPolicyInvalid => "sts-policy-invalid",
+            TlsResultType::StsWebpkiInvalid => "sts-webpki-invalid",
         }
     }
 
@@ -63,5 +79,8 @@ mod tests {
         assert_eq!(TlsResultType::from_client_error(&ClientError::Unusable), None);
         let resp = crate::Response::from_error(&host);
         assert_eq!((resp.code, resp.tls_failure), (451, Some(TlsResultType::CertificateHostMismatch)));
+        for t in [TlsResultType::TlsaInvalid, TlsResultType::DnssecInvalid, TlsResultType::StsWebpkiInvalid] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
     }
 }

@@ -125,8 +125,14 @@ async fn spool(dir: &std::path::Path) -> Spool {
 
 #[tokio::test]
 async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_hosts() {
-    let host =
-        Host::start(&["mta-sts.ok.test", "mta-sts.redirect.test", "mta-sts.big.test", "mta-sts.html.test"]).await;
+    let host = Host::start(&[
+        "mta-sts.ok.test",
+        "mta-sts.redirect.test",
+        "mta-sts.big.test",
+        "mta-sts.html.test",
+        "mta-sts.bad.test",
+    ])
+    .await;
     host.answer("mta-sts.ok.test", ok("text/plain; charset=utf-8", GOOD));
     host.answer(
         "mta-sts.redirect.test",
@@ -136,7 +142,9 @@ async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_host
     host.answer("mta-sts.big.test", ok("text/plain", &format!("{GOOD}{}", "x".repeat(MAX_POLICY_BYTES))));
     host.answer("mta-sts.html.test", ok("text/html", GOOD));
     host.answer("mta-sts.untrusted.test", ok("text/plain", GOOD));
+    host.answer("mta-sts.bad.test", ok("text/plain", "version: STSv1\r\nmode: sometimes\r\n"));
     let dns = TestDnsServer::start(vec![zone(&[
+        ("bad.test", "1"),
         ("ok.test", "1"),
         ("redirect.test", "1"),
         ("big.test", "1"),
@@ -153,13 +161,20 @@ async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_host
     let cached = found.policy.expect("policy");
     assert_eq!((cached.id.as_str(), cached.policy.mode), ("1", StsMode::Enforce));
     assert!(cached.policy.allows("mx.ok.test"));
-    for (domain, why) in
-        [("redirect.test", "301"), ("big.test", "limit"), ("html.test", "text/plain"), ("untrusted.test", "TLS")]
-    {
+    // Each failure has its RFC 8460 type: the host's certificate, the policy file, or the fetch itself.
+    let fetch_error = TlsResultType::StsPolicyFetchError;
+    for (domain, why, kind) in [
+        ("redirect.test", "301", fetch_error),
+        ("big.test", "limit", fetch_error),
+        ("html.test", "text/plain", fetch_error),
+        ("untrusted.test", "TLS", TlsResultType::StsWebpkiInvalid),
+        ("bad.test", "mode", TlsResultType::StsPolicyInvalid),
+    ] {
         let found = p.lookup(domain).await;
         assert!(found.policy.is_none(), "{domain}");
         let err = found.fetch_error.unwrap_or_default();
         assert!(err.contains(why), "{domain}: {err}");
+        assert_eq!(found.fetch_failure, Some(kind), "{domain}: {err}");
     }
     // With the default pause, a failed fetch is not repeated at once: the next lookup reports the failure.
     let resolver = Resolver::new(DnsConfig { nameservers: vec![dns.addr()], ..DnsConfig::default() }).unwrap();
@@ -170,7 +185,7 @@ async fn refuses_redirects_oversized_bodies_other_media_types_and_untrusted_host
     }
     assert_eq!(paused.fetches(), 1);
     let none = p.lookup("nothing.test").await;
-    assert_eq!(none, StsLookup { policy: None, fetch_error: None });
+    assert_eq!(none, StsLookup { policy: None, fetch_error: None, fetch_failure: None });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

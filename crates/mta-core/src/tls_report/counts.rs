@@ -51,6 +51,9 @@ pub struct DomainCounts {
     pub failure: u64,
     /// Failed sessions by type and receiver.
     pub failures: Vec<(FailureKey, u64)>,
+    /// After the period: the `rua` destinations that took its report (a failing one is retried on its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent_to: Vec<String>,
 }
 
 impl DomainCounts {
@@ -60,6 +63,11 @@ impl DomainCounts {
         }
         self.success += other.success;
         self.failure += other.failure;
+        for rua in other.sent_to {
+            if !self.sent_to.contains(&rua) {
+                self.sent_to.push(rua);
+            }
+        }
         for (k, n) in other.failures {
             if let Some(row) = self.failures.iter_mut().find(|(r, _)| *r == k) {
                 row.1 += n;
@@ -211,6 +219,26 @@ impl TlsReports {
                 counts: counts.clone(),
             })
             .collect()
+    }
+
+    /// A period's report for `domain` reached `rua`: remembered durably (with the counts), so neither a later
+    /// retry nor a restart sends it there again.
+    pub async fn sent_to(&self, start: u64, domain: &str, rua: &str) {
+        let op = {
+            let mut state = self.state.lock();
+            let k = (start, domain.to_string());
+            let Some(counts) = state.counts.get_mut(&k) else { return };
+            if counts.sent_to.iter().any(|r| r == rua) {
+                return;
+            }
+            counts.sent_to.push(rua.to_string());
+            let Ok(value) = serde_json::to_vec(&*counts) else { return };
+            state.dirty.remove(&k);
+            Op::AuxPut { key: key(start, domain), value }
+        };
+        if let Err(e) = self.spool.commit(vec![op]).await {
+            tracing::warn!(domain, rua, error = %e, "storing a TLS report's destination failed; it may get it twice");
+        }
     }
 
     /// A period's report for `domain` was sent (or given up): forget it, here and in the spool.

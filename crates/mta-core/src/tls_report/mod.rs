@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use counts::{DomainCounts, Due, FailureKey, PolicyDesc, TlsReports};
 pub use report::{parse_record, Rua, Submitter};
-pub use send::Sender;
+pub use send::{Sender, Sent};
 
 use crate::engine::Engine;
 
@@ -68,16 +68,28 @@ pub fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
 async fn send_due(engine: &Engine, reports: &Arc<TlsReports>, sender: &Arc<Sender>) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     for due in reports.due(now) {
-        match sender.send(engine, &due).await {
-            Ok(n) => {
-                tracing::info!(domain = %due.domain, destinations = n, "TLS report for a period sent");
-                reports.done(due.start, &due.domain).await;
+        let error = match sender.send(engine, &due).await {
+            Ok(sent) => {
+                for rua in &sent.delivered {
+                    reports.sent_to(due.start, &due.domain, rua).await;
+                }
+                match sent.failed.into_iter().next() {
+                    None => {
+                        let n = due.counts.sent_to.len() + sent.delivered.len();
+                        tracing::info!(domain = %due.domain, destinations = n, "TLS report for a period sent");
+                        reports.done(due.start, &due.domain).await;
+                        continue;
+                    }
+                    Some((rua, e)) => format!("{rua}: {e}"),
+                }
             }
-            Err(e) if now > due.end + GIVE_UP_AFTER => {
-                tracing::warn!(domain = %due.domain, error = %e, "TLS report given up after a day of failures");
-                reports.done(due.start, &due.domain).await;
-            }
-            Err(e) => tracing::info!(domain = %due.domain, error = %e, "TLS report not sent; retried later"),
+            Err(e) => e,
+        };
+        if now > due.end + GIVE_UP_AFTER {
+            tracing::warn!(domain = %due.domain, error = %error, "TLS report given up after a day of failures");
+            reports.done(due.start, &due.domain).await;
+        } else {
+            tracing::info!(domain = %due.domain, error = %error, "TLS report not sent everywhere; retried later");
         }
     }
 }

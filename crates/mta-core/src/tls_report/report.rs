@@ -18,6 +18,16 @@ pub enum Rua {
     Mailto(String),
 }
 
+impl Rua {
+    /// The destination as the record names it (`https://…`, `mailto:…`): how a sent report is remembered.
+    pub fn as_uri(&self) -> String {
+        match self {
+            Rua::Https(url) => url.clone(),
+            Rua::Mailto(addr) => format!("mailto:{addr}"),
+        }
+    }
+}
+
 /// The `rua` destinations of a TLSRPT record (`v=TLSRPTv1; rua=mailto:a@b,https://c/d`), or `None` when the
 /// TXT record is not one. Unknown schemes are skipped.
 pub fn parse_record(txt: &str) -> Option<Vec<Rua>> {

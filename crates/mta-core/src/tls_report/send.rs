@@ -23,6 +23,15 @@ const UPLOAD_LIMIT: Duration = Duration::from_secs(30);
 /// `rua` destinations used per report; a record naming more is cut (each costs a connection or a message).
 const MAX_RUA: usize = 8;
 
+/// What one round of sending a report did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Destinations that took it in this round.
+    pub delivered: Vec<String>,
+    /// Destinations that did not, and why: retried later, on their own.
+    pub failed: Vec<(String, String)>,
+}
+
 /// How reports leave: TLS for uploads, the engine for mail, the pool for lookups.
 pub struct Sender {
     pub(crate) tls: TlsConnector,
@@ -42,23 +51,24 @@ impl Sender {
         Ok(Sender { tls: TlsConnector::from(Arc::new(config)), submitter })
     }
 
-    /// Sends `due` to every rua of its domain. `Ok` when nobody asked for reports or at least one destination
-    /// took it; `Err` (retry later) when the lookup failed or every destination did.
-    pub async fn send(&self, engine: &Engine, due: &Due) -> Result<usize, String> {
+    /// Sends `due` to every rua of its domain that does not have it yet (`due.counts.sent_to`). The outcome
+    /// lists the destinations that took it now and says whether any is still missing it (retry later).
+    pub async fn send(&self, engine: &Engine, due: &Due) -> Result<Sent, String> {
         let ruas = match engine.resolver().query_txt(&format!("_smtp._tls.{}", due.domain)).await {
             Ok(l) => l.records.iter().find_map(|r| report::parse_record(&r.to_string_lossy())).unwrap_or_default(),
             Err(DnsError::NxDomain | DnsError::NoData) => Vec::new(),
             Err(e) if e.is_permanent() => Vec::new(),
             Err(e) => return Err(format!("TLSRPT record lookup: {e}")),
         };
-        if ruas.is_empty() {
-            return Ok(0);
+        let mut outcome = Sent::default();
+        let missing: Vec<&Rua> =
+            ruas.iter().take(MAX_RUA).filter(|r| !due.counts.sent_to.contains(&r.as_uri())).collect();
+        if missing.is_empty() {
+            return Ok(outcome);
         }
         let json = report::json(&self.submitter, due);
         let gz = report::gzip(&json).map_err(|e| format!("gzip: {e}"))?;
-        let mut sent = 0;
-        let mut last = String::new();
-        for rua in ruas.iter().take(MAX_RUA) {
+        for rua in missing {
             let result = match rua {
                 Rua::Https(url) => {
                     match tokio::time::timeout(UPLOAD_LIMIT, self.post(engine.resolver(), url, &gz)).await {
@@ -74,20 +84,17 @@ impl Sender {
             };
             match result {
                 Ok(()) => {
-                    sent += 1;
+                    outcome.delivered.push(rua.as_uri());
                     metrics::counter!("mta_tls_reports_sent_total", "result" => "ok").increment(1);
                 }
                 Err(e) => {
                     metrics::counter!("mta_tls_reports_sent_total", "result" => "failed").increment(1);
                     tracing::info!(domain = %due.domain, rua = ?rua, error = %e, "TLS report not delivered");
-                    last = e;
+                    outcome.failed.push((rua.as_uri(), e));
                 }
             }
         }
-        if sent == 0 {
-            return Err(last);
-        }
-        Ok(sent)
+        Ok(outcome)
     }
 
     async fn post(&self, resolver: &Resolver, url: &str, gz: &[u8]) -> Result<(), String> {

@@ -39,6 +39,8 @@ pub struct Connection {
     /// `ClientConfig::chunking`: whether to use BDAT when offered.
     chunking: bool,
     tls: bool,
+    /// Under [`TlsPolicy::Testing`]: what [`TlsPolicy::Verified`] would have failed with.
+    testing_failure: Option<ClientError>,
     /// False once the session failed at connection level: the stream may be mid-transaction or dead.
     usable: bool,
 }
@@ -65,9 +67,15 @@ impl Connection {
         config: &ClientConfig,
     ) -> Result<Connection, ClientError> {
         let result = match Connection::open(addr, server_name, config, config.tls).await {
-            Err(e) if config.tls == TlsPolicy::Opportunistic && is_handshake_failure(&e) => {
+            Err(e) if !requires_tls(config.tls) && is_handshake_failure(&e) => {
                 tracing::info!(%addr, server = server_name, error = %e, "TLS handshake failed, retrying in plaintext");
-                Connection::open(addr, server_name, config, TlsPolicy::Disabled).await
+                let retry = Connection::open(addr, server_name, config, TlsPolicy::Disabled).await;
+                retry.map(|mut conn| {
+                    if config.tls == TlsPolicy::Testing {
+                        conn.testing_failure = Some(e);
+                    }
+                    conn
+                })
             }
             other => other,
         };
@@ -105,6 +113,7 @@ impl Connection {
             dane: config.dane.clone(),
             chunking: config.chunking,
             tls: false,
+            testing_failure: None,
             usable: true,
         };
         let greeting = conn.read_reply(Stage::Greeting, t.greeting).await?;
@@ -128,6 +137,9 @@ impl Connection {
                 if requires_tls(policy) {
                     conn.quit_quietly().await;
                     return Err(ClientError::TlsRequired);
+                }
+                if policy == TlsPolicy::Testing {
+                    conn.testing_failure = Some(ClientError::TlsRequired);
                 }
             }
         }
@@ -167,6 +179,9 @@ impl Connection {
             metrics::counter!("mta_smtp_client_tls_total", "result" => "refused").increment(1);
             if requires_tls(policy) {
                 return Err(ClientError::Tls(format!("STARTTLS refused: {reply}")));
+            }
+            if policy == TlsPolicy::Testing {
+                self.testing_failure = Some(ClientError::Tls(format!("STARTTLS refused: {reply}")));
             }
             return Ok(());
         }
@@ -217,6 +232,9 @@ impl Connection {
             }
             Ok(Ok(stream)) => {
                 metrics::counter!("mta_smtp_client_tls_total", "result" => "negotiated").increment(1);
+                if policy == TlsPolicy::Testing {
+                    self.testing_failure = self.check_as_verified(server_name, stream.get_ref().1.peer_certificates());
+                }
                 self.stream = Stream::Tls(Box::new(stream));
                 self.tls = true;
                 // RFC 3207 §4.2: forget what we knew; the EHLO that follows tells again.
@@ -224,6 +242,33 @@ impl Connection {
                 Ok(())
             }
         }
+    }
+
+    /// What [`TlsPolicy::Verified`] would say of the chain a [`TlsPolicy::Testing`] handshake accepted.
+    fn check_as_verified(
+        &self,
+        server_name: &str,
+        chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    ) -> Option<ClientError> {
+        let Some(trust) = &self.trust else {
+            return Some(ClientError::Tls("verified TLS asked for without trust anchors".into()));
+        };
+        let Some((end_entity, intermediates)) = chain.and_then(|c| c.split_first()) else {
+            return Some(ClientError::Tls("no certificate presented".into()));
+        };
+        let name = match rustls::pki_types::ServerName::try_from(server_name.trim_end_matches('.').to_string()) {
+            Ok(n) => n,
+            Err(_) => return Some(ClientError::Tls(format!("{server_name:?} is not a host name to verify"))),
+        };
+        let e = trust.verify(end_entity, intermediates, &name).err()?;
+        let failure = tls::failure_of(&e).unwrap_or(super::CertificateFailure::Other);
+        Some(ClientError::Certificate { failure, detail: format!("{} [{}]: {e}", server_name, self.peer) })
+    }
+
+    /// Under [`TlsPolicy::Testing`]: what [`TlsPolicy::Verified`] would have refused in this session (STARTTLS
+    /// not offered or refused, a failed handshake, a certificate not verified for the host), or `None`.
+    pub fn testing_failure(&self) -> Option<&ClientError> {
+        self.testing_failure.as_ref()
     }
 
     /// Sends one message: `MAIL FROM` (with `SIZE=`, `BODY=8BITMIME`, `SMTPUTF8` as needed and offered), one

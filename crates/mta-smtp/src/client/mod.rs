@@ -69,6 +69,10 @@ pub enum TlsPolicy {
     /// STARTTLS must be offered and the certificate must match one of [`ClientConfig::dane`]'s TLSA records
     /// (RFC 7672). Any failure fails the connection; never plaintext.
     Dane,
+    /// MTA-STS `testing` (RFC 8461 §5): behaves as [`TlsPolicy::Opportunistic`] (plaintext fallback, any
+    /// certificate accepted), but checks what [`TlsPolicy::Verified`] would have refused and keeps it in
+    /// [`Connection::testing_failure`] for reporting.
+    Testing,
 }
 
 /// Why a certificate was refused under [`TlsPolicy::Verified`] (maps onto RFC 8460 result types).

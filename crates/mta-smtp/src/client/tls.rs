@@ -79,18 +79,34 @@ pub(crate) fn connector() -> Result<TlsConnector, String> {
 #[derive(Clone)]
 pub struct TlsTrust {
     config: Arc<rustls::ClientConfig>,
+    /// The same check outside a handshake (MTA-STS `testing`: the session goes on whatever it says).
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
 }
 
 impl TlsTrust {
     /// A verifier with these roots (system roots plus the operator's private ones, typically).
     pub fn new(roots: rustls::RootCertStore) -> Result<TlsTrust, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let roots = Arc::new(roots);
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("certificate verifier: {e}"))?;
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS protocol setup: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(TlsTrust { config: Arc::new(config) })
+        Ok(TlsTrust { config: Arc::new(config), verifier })
+    }
+
+    /// Checks a chain the server presented as a verified handshake would (PKIX, `name` as reference identity).
+    pub(crate) fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+    ) -> Result<(), rustls::Error> {
+        self.verifier.verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now()).map(|_| ())
     }
 
     /// The connector that verifies chains against these roots.
@@ -108,9 +124,13 @@ impl std::fmt::Debug for TlsTrust {
 /// Why a verified handshake failed, read from the rustls error inside the I/O error (RFC 8460 result types
 /// are derived from it).
 pub(crate) fn certificate_failure(e: &io::Error) -> Option<super::CertificateFailure> {
+    failure_of(e.get_ref()?.downcast_ref::<rustls::Error>()?)
+}
+
+/// Why a certificate was refused, from the rustls error (`None`: not a certificate error).
+pub(crate) fn failure_of(inner: &rustls::Error) -> Option<super::CertificateFailure> {
     use super::CertificateFailure as F;
     use rustls::CertificateError as C;
-    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     let rustls::Error::InvalidCertificate(c) = inner else {
         return None;
     };
