@@ -388,6 +388,7 @@ mod tests {
             source: None,
             attempts: None,
             bounce_class: None,
+            tls: None,
         }
     }
 
