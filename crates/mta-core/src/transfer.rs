@@ -198,6 +198,12 @@ impl Engine {
             return Ok(());
         }
         let spool = self.spool().clone();
+        // Taking recipients away is a read-modify-write of the record: under the recording locks, so a DNS
+        // failure or expiry recorded for the recipients that stay cannot interleave (and be lost, or put the
+        // moved recipients back).
+        let partial: Vec<QueueId> =
+            parcels.iter().filter(|p| p.partial_domain.is_some()).map(|p| p.source_id.clone()).collect();
+        let _held = self.delivery().hold_records(partial.iter()).await;
         let (ops, parcels) = tokio::task::spawn_blocking(move || {
             let mut ops = Vec::with_capacity(parcels.len());
             for p in &parcels {

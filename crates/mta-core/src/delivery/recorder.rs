@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mta_spool::{MessageKind, MessageRecord, Op, Priority, RecipientState};
+use mta_spool::{MessageKind, MessageRecord, Op, Priority, QueueId, RecipientState};
 
 use mta_spool::Spool;
 
@@ -88,6 +88,31 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
+    /// The stripe lock of message `id` (by its id, so that writers outside delivery can take the same lock).
+    fn stripe_of(&self, id: &QueueId) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.as_str().hash(&mut h);
+        (h.finish() as usize) % self.stripes.len()
+    }
+
+    /// Hold the recording locks of every message in `ids` (taken in stripe order, so two holders never
+    /// deadlock; recording takes one at a time): a read-modify-write of those records made meanwhile (a queue
+    /// transfer taking recipients away) cannot interleave with a delivery result, a DNS failure or an expiry.
+    pub(crate) async fn hold<'a>(
+        &'a self,
+        ids: impl Iterator<Item = &QueueId>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let mut stripes: Vec<usize> = ids.map(|id| self.stripe_of(id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.stripes[s].lock().await);
+        }
+        guards
+    }
+
     /// A recorder writing to `spool` and `events`, rescheduling on `timers`.
     pub(crate) fn new(
         spool: Spool,
@@ -171,7 +196,7 @@ impl Recorder {
             self.timers.leave(&w, from);
             return;
         };
-        let guard = self.stripes[w.msg.stripe() % self.stripes.len()].lock().await;
+        let guard = self.stripes[self.stripe_of(&id)].lock().await;
         let fetched = match known {
             Some(r) => Ok(Some(r)),
             None => self.spool.get(&id).await,
@@ -359,5 +384,43 @@ fn event_label(kind: EventType) -> &'static str {
         EventType::Expiration => "expired",
         EventType::Suppressed => "suppressed",
         EventType::ResponseRule => "response_rule",
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    fn recorder(dir: &std::path::Path) -> Recorder {
+        let spool = Spool::open(mta_spool::SpoolConfig::new(dir, "t")).unwrap();
+        let cfg = Arc::new(DeliveryConfig::default());
+        let timers = Arc::new(Timers::new(false, std::iter::empty()));
+        Recorder::new(spool, EventLog::open(None).unwrap(), timers, cfg, "h".into(), Clock::System)
+    }
+
+    #[tokio::test]
+    async fn a_hold_excludes_recording_of_the_same_message_and_overlapping_holds_do_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(recorder(dir.path()));
+        let ids: Vec<QueueId> = (0..200).map(|i| QueueId::parse(&format!("{i:014x}.n")).unwrap()).collect();
+        let held = r.hold(ids.iter()).await;
+        // The same message's stripe is busy while held.
+        let stripe = r.stripe_of(&ids[7]);
+        assert!(r.stripes[stripe].try_lock().is_err());
+        drop(held);
+        assert!(r.stripes[stripe].try_lock().is_ok());
+        // Two holders over overlapping sets in opposite orders both finish (stripes are taken in order).
+        let (a, b) = (r.clone(), r.clone());
+        let (ia, ib): (Vec<QueueId>, Vec<QueueId>) = (ids[..150].to_vec(), ids[50..].iter().rev().cloned().collect());
+        let run = |r: Arc<Recorder>, ids: Vec<QueueId>| async move {
+            for _ in 0..50 {
+                let _g = r.hold(ids.iter()).await;
+                tokio::task::yield_now().await;
+            }
+        };
+        let both = futures::future::join(tokio::spawn(run(a, ia)), tokio::spawn(run(b, ib)));
+        let (x, y) = tokio::time::timeout(std::time::Duration::from_secs(20), both).await.expect("no deadlock");
+        x.unwrap();
+        y.unwrap();
     }
 }

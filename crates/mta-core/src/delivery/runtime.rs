@@ -170,6 +170,15 @@ impl Delivery {
         self.ctx.timers.wake_all();
     }
 
+    /// Hold the recording locks of `ids` while changing their records outside delivery (see
+    /// [`super::recorder::Recorder::hold`]).
+    pub(crate) async fn hold_records(
+        &self,
+        ids: impl Iterator<Item = &mta_spool::QueueId>,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        self.ctx.recorder.hold(ids).await
+    }
+
     /// The table through which a queue transfer claims messages so that they are not sent meanwhile.
     pub fn owners(&self) -> &super::owners::Owners {
         &self.ctx.owners
