@@ -183,9 +183,10 @@ enum Command {
     Reopen,
 }
 
-/// Events per outbox entry at most (an exporter splits a larger entry into batches of its size).
+/// Events per outbox append at most. With [`OUTBOX_ENTRY_BYTES`] this bounds one append, and so the size of
+/// an outbox entry (the spool joins a round's appends into entries of up to 256 KiB; an append never splits).
 const OUTBOX_ENTRY_EVENTS: usize = 256;
-/// An outbox entry is closed once it holds this many bytes.
+/// An outbox append is closed once it holds this many bytes.
 const OUTBOX_ENTRY_BYTES: usize = 64 << 10;
 
 /// Handle to the event log; cheap to clone.

@@ -59,6 +59,12 @@ impl AmqpSection {
             let shown = export::redact_url(&self.url);
             return Err(Invalid::new(key("url"), format!("{shown:?} is not an amqp:// or amqps:// URL")));
         }
+        if let Some(path) = &self.ca_file {
+            if !self.url.starts_with("amqps://") {
+                return Err(Invalid::new(key("ca_file"), "only applies to an amqps:// url"));
+            }
+            mta_core::tls_policy::load_roots(Some(path)).map_err(|e| Invalid::new(key("ca_file"), e.to_string()))?;
+        }
         if self.routing_key.len() > 255 {
             return Err(Invalid::new(key("routing_key"), "longer than AMQP's 255 bytes"));
         }
@@ -116,11 +122,23 @@ mod tests {
         assert!(e.contains("amqp[0].url") && !e.contains("secretpw"), "{e}");
         let c = Config::parse("[[amqp]]\nurl = \"amqp://u:secretpw@127.0.0.1/%2f\"\n", Path::new("t")).unwrap();
         assert!(!c.to_toml_redacted().contains("secretpw"));
-        let c = Config::parse(
-            "[[amqp]]\nurl = \"amqps://u:p@broker.example/%2f\"\nca_file = \"/etc/ca.pem\"\n",
-            Path::new("t"),
-        )
-        .unwrap();
-        assert_eq!(c.amqp[0].to_core(0).ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn ca_file_must_load_and_needs_amqps() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["broker.example".to_string()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let amqp = |url: &str, ca: &Path| format!("[[amqp]]\nurl = \"{url}\"\nca_file = \"{}\"\n", ca.display());
+        let c = Config::parse(&amqp("amqps://u:p@broker.example/%2f", &ca), Path::new("t")).unwrap();
+        assert_eq!(c.amqp[0].to_core(0).ca_file.as_deref(), Some(ca.as_path()));
+        let missing = amqp("amqps://u:p@b/%2f", Path::new("/nonexistent/ca.pem"));
+        let e = Config::parse(&missing, Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("amqp[0].ca_file"), "{e}");
+        let e = Config::parse(&amqp("amqp://u:p@b/%2f", &ca), Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("amqp[0].ca_file") && e.contains("amqps"), "{e}");
     }
 }
