@@ -200,8 +200,6 @@ pub struct RecoveryReport {
 struct Inner {
     config: EngineConfig,
     signer: Option<Arc<Signer>>,
-    /// Signing is CPU work on blocking threads: at most one per core at a time, so RSA never piles up.
-    sign_permits: tokio::sync::Semaphore,
     spool: Spool,
     resolver: Resolver,
     delivery: Delivery,
@@ -265,7 +263,6 @@ impl Engine {
             Some(Arc::new(signer))
         };
         let config_budget = config.body_memory_budget;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let spool = Spool::open_async(spool_config).await?;
         let history = {
             let (spool, history_config) = (spool.clone(), config.history);
@@ -358,7 +355,6 @@ impl Engine {
             inner: Arc::new(Inner {
                 config,
                 signer,
-                sign_permits: tokio::sync::Semaphore::new(cores),
                 spool,
                 resolver,
                 delivery,
@@ -664,7 +660,7 @@ impl Engine {
         let Some(signer) = &self.inner.signer else {
             return Ok(None);
         };
-        let _permit = self.inner.sign_permits.acquire().await.map_err(|_| InjectError::ShuttingDown)?;
+        // The signer's pool runs one signature per CPU at a time, its bounded queue holding the next ones.
         signer.sign_blocking(message).await.map_err(|e| InjectError::Signing(e.to_string()))
     }
 

@@ -63,6 +63,7 @@ pub mod auth;
 pub mod backpressure;
 pub mod bounce;
 pub mod cluster;
+pub mod cpu_pool;
 pub mod delivery;
 pub mod dns;
 pub mod engine;

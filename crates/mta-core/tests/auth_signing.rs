@@ -155,3 +155,28 @@ async fn sign_blocking_runs_off_the_runtime() {
     let sig = s.sign_blocking(m).await.unwrap().unwrap();
     assert!(sig.starts_with("DKIM-Signature:"));
 }
+
+/// More concurrent signatures than the signing pool's threads and queue hold: the rest wait for a place
+/// (sessions are the back-pressure), none is refused, and each message gets its own signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signatures_wait_for_the_pool_and_all_succeed() {
+    let s = Arc::new(signer(&[rsa("example.test", "sel"), ed("example.test", "ed")]));
+    let jobs: Vec<_> = (0..64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let m = Bytes::from(message("a@example.test", &format!("message {i}"), "b\r\n"));
+                s.sign_blocking(m).await
+            })
+        })
+        .collect();
+    let mut signatures = std::collections::HashSet::new();
+    for job in jobs {
+        let sig = job.await.unwrap().unwrap().unwrap();
+        assert_eq!(sig.matches("DKIM-Signature:").count(), 2, "{sig}");
+        signatures.insert(tag(&sig, "b").to_string());
+    }
+    assert_eq!(signatures.len(), 64, "every message has a signature of its own");
+    // A signer without keys needs no thread at all.
+    assert_eq!(Arc::new(signer(&[])).sign_blocking(Bytes::from_static(b"From: a@b\r\n\r\n")).await.unwrap(), None);
+}

@@ -15,7 +15,7 @@ use mta_core::dns::testing::{TestDnsServer, TestZone};
 use mta_core::dns::{DnsConfig, Resolver};
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth").join(name)
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crates/mta-core/tests/fixtures/auth").join(name)
 }
 
 fn key(selector: &str, algorithm: KeyAlgorithm, file: &str) -> KeyConfig {

@@ -15,7 +15,7 @@ use super::response_rules::RuleAction;
 use super::scheduler::{State, Work};
 use super::site::SiteKey;
 use super::sites::PREFETCH;
-use super::transport::{Connected, Session as Transaction};
+use super::transport::{Connected, Refused, Session as Transaction};
 use crate::events::{event_id, now_rfc3339, Event, EventType};
 use crate::tls_policy::{PolicySource, TlsSession};
 use crate::Response;
@@ -86,13 +86,14 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
             ctx.sites.connected(key);
             c
         }
-        Err(reason) => {
+        Err(refused) => {
+            let reason = refused.response.clone();
             // Every address failed: one pending message takes the attempt (so it moves toward expiry); the
             // circuit opens after repeated failures so the rest don't each wait out a connect timeout.
             let now = ctx.clock.instant();
             let work = ctx.sites.connect_failed(key, now, ctx.cfg.circuit_threshold, ctx.cfg.circuit_open_for);
             if let Some(w) = work {
-                report_failed_session(ctx, &hops, &w, &reason);
+                report_failed_session(ctx, &hops, &w, &refused);
                 ctx.timers.transition_all([&w], State::Ready, State::InFlight);
                 // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code
                 // (a `bounce` rule aside), and a `[[response_rule]]` may suspend or throttle the site.
@@ -167,19 +168,14 @@ struct Session<'a> {
 }
 
 /// Counts a session refused under a policy in TLS reports: its RFC 8460 type, and the MX host and address
-/// from the response text (`mx [addr]: ...`, as the transport writes it).
-fn report_failed_session(ctx: &Context, hops: &NextHops, w: &Work, reason: &Response) {
-    let (Some(reports), Some(policy), Some(failure)) = (&ctx.tls_reports, &hops.policy, reason.tls_failure) else {
+/// of the attempt that failed.
+fn report_failed_session(ctx: &Context, hops: &NextHops, w: &Work, refused: &Refused) {
+    let (Some(reports), Some(policy), Some(failure)) = (&ctx.tls_reports, &hops.policy, refused.response.tls_failure)
+    else {
         return;
     };
-    let (mx, ip) = match reason.text.split_once(" [") {
-        Some((mx, rest)) => {
-            let addr = rest.split_once(']').and_then(|(a, _)| a.parse::<std::net::SocketAddr>().ok());
-            (Some(mx), addr.map(|a| a.ip()))
-        }
-        None => (None, None),
-    };
-    reports.failure(&ctx.timers.domain_name(w.domain), policy, failure.as_str(), mx, ip);
+    let ip = refused.addr.map(|a| a.ip());
+    reports.failure(&ctx.timers.domain_name(w.domain), policy, failure.as_str(), refused.mx.as_deref(), ip);
 }
 
 /// Take up to `max` messages: wait for the first, then as many more as are queued, within this connection's

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::clock::Clock;
 use super::plan::NextHops;
-use super::transport::{BoxFuture, Connected, Session, Transport};
+use super::transport::{BoxFuture, Connected, Refused, Session, Transport};
 use super::{Delivery, DeliveryConfig, Route};
 use crate::dns::{DnsConfig, Resolver};
 use crate::events::{Event, EventLog, EventType};
@@ -59,12 +59,12 @@ impl Transport for ScriptedTransport {
         &'a self,
         _hops: &'a NextHops,
         _source: Option<IpAddr>,
-    ) -> BoxFuture<'a, Result<Connected, Response>> {
+    ) -> BoxFuture<'a, Result<Connected, Refused>> {
         Box::pin(async move {
             let rx = &self.0;
             if rx.refuse.load(Ordering::SeqCst) {
                 rx.connects.lock().push((Instant::now(), rx.open.load(Ordering::SeqCst)));
-                return Err(Response::local(451, (4, 4, 1), "connection refused"));
+                return Err(Refused::without_host(Response::local(451, (4, 4, 1), "connection refused")));
             }
             let open = rx.open.fetch_add(1, Ordering::SeqCst) + 1;
             rx.connects.lock().push((Instant::now(), open));

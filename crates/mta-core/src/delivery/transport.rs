@@ -27,11 +27,28 @@ pub(crate) struct Connected {
     pub(crate) tls: TlsSession,
 }
 
+/// Why no session could be opened: the last failure's response, and the host and address it came from.
+pub(crate) struct Refused {
+    /// The last failure's response (its text names the host for people; the fields below are for code).
+    pub(crate) response: Response,
+    /// The MX host of the last attempt (`None`: no next hop was tried).
+    pub(crate) mx: Option<String>,
+    /// Its address (`receiving-ip` in TLS reports).
+    pub(crate) addr: Option<std::net::SocketAddr>,
+}
+
+impl Refused {
+    /// A refusal before any host was tried.
+    pub(crate) fn without_host(response: Response) -> Refused {
+        Refused { response, mx: None, addr: None }
+    }
+}
+
 /// Opens outbound sessions.
 pub(crate) trait Transport: Send + Sync {
     /// A session to the first next hop of `hops` that answers, from `source`; with the name of the host
-    /// reached. The error is the last failure's response.
-    fn connect<'a>(&'a self, hops: &'a NextHops, source: Option<IpAddr>) -> BoxFuture<'a, Result<Connected, Response>>;
+    /// reached. The error is the last failure's response and where it came from.
+    fn connect<'a>(&'a self, hops: &'a NextHops, source: Option<IpAddr>) -> BoxFuture<'a, Result<Connected, Refused>>;
 }
 
 /// One open outbound session.
@@ -51,11 +68,11 @@ pub(crate) struct Smtp {
 }
 
 impl Transport for Smtp {
-    fn connect<'a>(&'a self, hops: &'a NextHops, source: Option<IpAddr>) -> BoxFuture<'a, Result<Connected, Response>> {
+    fn connect<'a>(&'a self, hops: &'a NextHops, source: Option<IpAddr>) -> BoxFuture<'a, Result<Connected, Refused>> {
         Box::pin(async move {
             let mut client = self.client.clone();
             client.source_address = source.or(client.source_address);
-            let mut last = Response::local(451, (4, 4, 1), "no next hop");
+            let mut last = Refused::without_host(Response::local(451, (4, 4, 1), "no next hop"));
             for hop in &hops.hosts {
                 let mut client = client.clone();
                 let policy = hop_policy(hops.tls, hop);
@@ -88,28 +105,11 @@ impl Transport for Smtp {
                         }
                         Err(e) => {
                             tracing::debug!(mx = name, %addr, error = %e, "connection failed; trying the next address");
-                            last = Response::from_error(&e);
-                            let enforced = policy.filter(|(_, mode)| *mode == PolicyMode::Enforce).map(|(p, _)| p);
-                            if enforced.is_none() {
-                                // Opportunistic and `testing` sessions fall back to plaintext: not a policy failure.
-                                last.tls_failure = None;
-                            }
-                            if let (Some(source), Some(failure)) = (enforced, last.tls_failure) {
-                                policy_outcome(label(source), failure.as_str());
-                            }
-                            if let Some(source) = enforced {
-                                // The text says which policy refused the session, and why (RFC 8460 type).
-                                let why = last.tls_failure.map_or("", |f| f.as_str());
-                                last.text = format!(
-                                    "{} ({} policy{}{why})",
-                                    last.text,
-                                    label(source),
-                                    if why.is_empty() { "" } else { ": " }
-                                );
-                            }
-                            if last.origin == crate::Origin::Local {
-                                last.text = format!("{name} [{addr}]: {}", last.text);
-                            }
+                            last = Refused {
+                                response: refusal_response(&e, policy, name, addr),
+                                mx: Some(name.to_string()),
+                                addr: Some(addr),
+                            };
                         }
                     }
                 }
@@ -117,6 +117,33 @@ impl Transport for Smtp {
             Err(last)
         })
     }
+}
+
+/// The response for a failed attempt at `name` (`addr`) under `policy`: the policy's RFC 8460 type only when it
+/// was enforced (opportunistic and `testing` sessions fall back to plaintext: not a policy failure); the text
+/// says which policy refused and, for our own reasons, which host.
+fn refusal_response(
+    e: &ClientError,
+    policy: Option<(PolicySource, PolicyMode)>,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> Response {
+    let mut last = Response::from_error(e);
+    let enforced = policy.filter(|(_, mode)| *mode == PolicyMode::Enforce).map(|(p, _)| p);
+    if enforced.is_none() {
+        last.tls_failure = None;
+    }
+    if let Some(source) = enforced {
+        let why = last.tls_failure.map_or("", |f| f.as_str());
+        if let Some(failure) = last.tls_failure {
+            policy_outcome(label(source), failure.as_str());
+        }
+        last.text = format!("{} ({} policy{}{why})", last.text, label(source), if why.is_empty() { "" } else { ": " });
+    }
+    if last.origin == crate::Origin::Local {
+        last.text = format!("{name} [{addr}]: {}", last.text);
+    }
+    last
 }
 
 /// The policy governing `hop` on a site with `tls`: DANE for hosts with TLSA records (hosts without are

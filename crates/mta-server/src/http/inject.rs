@@ -11,7 +11,7 @@
 //! other body, replay), then the commit. A refusal made before a body (over 16 KiB, or chunked) was read
 //! closes the connection.
 //!
-//! A large body is parsed (and structured content built) in [`super::parse_pool`], one thread per CPU below the
+//! A large body is parsed (and structured content built) in a [`mta_core::cpu_pool`], one thread per CPU below the
 //! async workers' priority, so they keep serving health checks and other connections meanwhile.
 //!
 //! Too many recipients is `400 too_many_recipients` (field `recipients`): the request is wrong, not its size.
@@ -32,9 +32,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::idempotency::{self, Idempotency, StoredAnswer};
 use super::inject_schema::InjectRequest;
-use super::parse_pool::PoolError;
 use super::request::{self, Parsed, Request};
 use super::{body, now_ms, HttpState};
+use mta_core::cpu_pool::PoolError;
 
 /// Bodies up to this size are parsed on the async worker: tens of microseconds at most, about what the round
 /// trip to the parse pool (a channel send and a thread wake-up each way) costs anyway.
@@ -238,8 +238,10 @@ async fn parse(state: &HttpState, bytes: Vec<u8>, want_fingerprint: bool) -> Res
     let hostname = hostname.clone();
     match inner.parse_pool.run(inner.parse_wait, move || request::parse(&bytes, &hostname, want_fingerprint)).await {
         Ok(parsed) => parsed,
-        Err(PoolError::Busy) => Err(ApiError::unavailable("overloaded", "too many large requests are being parsed", 2)),
-        Err(e @ PoolError::Failed) => {
+        Err(PoolError::Busy(_)) => {
+            Err(ApiError::unavailable("overloaded", "too many large requests are being parsed", 2))
+        }
+        Err(e @ PoolError::Failed(_)) => {
             tracing::error!(error = %e, "HTTP injection: parse job failed");
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request could not be parsed"))
         }

@@ -8,7 +8,7 @@
 //! - [`inject`]: `POST /api/v1/messages`; [`inject_schema`]: the typed shape of its body (for the document);
 //!   [`body`]: reading request bodies under the size cap and the process-wide body memory budget;
 //!   [`request`]: the inject body parsed and checked (large ones on the low-priority threads of
-//!   [`parse_pool`]); [`json_text`]: raw content decoded from its JSON string straight into message bytes;
+//!   a `mta_core::cpu_pool::CpuPool`); [`json_text`]: raw content decoded from its JSON string straight into message bytes;
 //!   [`content`]: structured content to MIME; [`idempotency`]: the `Idempotency-Key` table (durable in the
 //!   spool with its message).
 //! - [`status`]: `GET /api/v1/messages/{id}`; [`queue`]: queue administration and sender pre-flight;
@@ -42,7 +42,6 @@ mod inject_schema;
 mod json_text;
 mod listener;
 mod openapi;
-mod parse_pool;
 mod queue;
 mod ratelimit;
 mod request;
@@ -97,7 +96,7 @@ struct Inner {
     /// Memory for request bodies in flight (`http.max_body_memory`).
     bodies: body::BodyBudget,
     /// Where large bodies are parsed: off the async workers, below their CPU priority.
-    parse_pool: parse_pool::ParsePool,
+    parse_pool: mta_core::cpu_pool::CpuPool,
     /// Longest wait for a place in the parse pool's queue (`http.body_memory_wait`).
     parse_wait: std::time::Duration,
     fault_injection: bool,
@@ -150,7 +149,7 @@ impl HttpState {
             tls,
             max_body,
             bodies: body::BodyBudget::new(http.max_body_memory, http.body_memory_wait.get()),
-            parse_pool: parse_pool::ParsePool::new(cpus)?,
+            parse_pool: mta_core::cpu_pool::CpuPool::new("parse", cpus, mta_core::cpu_pool::PARSE_NICE_INCREMENT)?,
             parse_wait: http.body_memory_wait.get(),
             fault_injection: config.debug.fault_injection,
             faults: Faults::default(),
