@@ -23,11 +23,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 import mtabench as mb  # noqa: E402
 
 
-def run_one(template, n, dns, sink, cpd, mpc, timeout=600, perf=None):
+def run_one(template, n, dns, sink, cpd, mpc, timeout=600, perf=None, more=""):
     d = tempfile.mkdtemp(prefix="mta-drain-")
     shutil.copytree(os.path.join(template, "spool"), os.path.join(d, "spool"))
     extra = (f'[dns]\nnameservers = ["{dns.addr}"]\n'
-             f"[delivery]\nport = {sink.port}\nconnections_per_domain = {cpd}\nmessages_per_connection = {mpc}\n")
+             f"[delivery]\nport = {sink.port}\nconnections_per_domain = {cpd}\nmessages_per_connection = {mpc}\n"
+             + more)
     srv = mb.start_server(extra=extra, directory=d)
     t0 = srv.started
     prof = mb.Perf(srv.pid, perf) if perf else None
@@ -76,6 +77,7 @@ def main():
     ap.add_argument("--domains", type=int, default=100)
     ap.add_argument("--settings", default="16x100,4x1000,32x100,16x1000")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--config", default="", help="more config for the server (TOML, e.g. '[history]\\nretention = \"0s\"')")
     ap.add_argument("--perf", help="perf record -g the server of each case into this file (last case wins)")
     a = ap.parse_args()
     mb.build(programs=True)
@@ -91,7 +93,7 @@ def main():
         for rep in range(a.repeat):
             for s in a.settings.split(","):
                 cpd, mpc = (int(x) for x in s.split("x"))
-                r = run_one(template, a.messages, dns, sink, cpd, mpc, perf=a.perf)
+                r = run_one(template, a.messages, dns, sink, cpd, mpc, perf=a.perf, more=a.config.replace("\\n", "\n"))
                 r["rep"] = rep + 1
                 rows.append(r)
                 print(f"run {rep + 1} {cpd:>3} conn/domain x {mpc:>5} msg/conn: {r['delivered']:.0f} delivered, "

@@ -167,9 +167,18 @@ impl History {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Whether entries are kept at all (`retention = "0s"` keeps none: nothing is written, so finished
+    /// messages cost no history writes and no pruning).
+    pub fn keeps_any(&self) -> bool {
+        !self.config.retention.is_zero()
+    }
+
     /// The ops that store `record` (commit them with the removal of the message), and the bytes they add
-    /// (pass to [`History::added`] once the commit is durable).
+    /// (pass to [`History::added`] once the commit is durable). None when [`History::keeps_any`] is false.
     pub fn record_ops(&self, record: &HistoryRecord) -> (Vec<Op>, u64) {
+        if !self.keeps_any() {
+            return (Vec::new(), 0);
+        }
         let Ok(value) = serde_json::to_vec(record) else { return (Vec::new(), 0) };
         let key = record_key(&record.id);
         let size = (key.len() + value.len()) as u64;
@@ -289,6 +298,19 @@ mod tests {
 
     async fn kept(spool: &Spool, i: u64) -> bool {
         spool.aux_get(&record_key(&format!("id{i}"))).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_zero_retention_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_async(mta_spool::SpoolConfig::new(dir.path(), "n")).await.unwrap();
+        let h =
+            History::open_blocking(&spool, HistoryConfig { retention: Duration::ZERO, max_bytes: u64::MAX }).unwrap();
+        assert!(!h.keeps_any());
+        let (ops, bytes) = h.record_ops(&finished(1, now_ms()));
+        assert!(ops.is_empty() && bytes == 0);
+        let kept = History::open_blocking(&spool, HistoryConfig::default()).unwrap();
+        assert!(kept.keeps_any() && !kept.record_ops(&finished(1, now_ms())).0.is_empty());
     }
 
     #[tokio::test]

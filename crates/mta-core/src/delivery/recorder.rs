@@ -331,7 +331,7 @@ impl Recorder {
         let mut history_bytes = 0;
         if rec.is_done() {
             // The final outcomes outlive the record: written in the same commit that removes it.
-            if let Some(history) = &self.cfg.history {
+            if let Some(history) = self.cfg.history.as_ref().filter(|h| h.keeps_any()) {
                 let entry = crate::history::HistoryRecord::of(&rec, now, &self.cfg.classifier);
                 let (history_ops, bytes) = history.record_ops(&entry);
                 ops.extend(history_ops);
