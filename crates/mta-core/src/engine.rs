@@ -219,7 +219,8 @@ struct Inner {
     history: Arc<History>,
     /// The suppression list (checked at injection, fed by bounces and complaints).
     suppressions: Arc<Suppressions>,
-    /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor): stopped at shutdown.
+    /// Background tasks the engine started (DNS stub, pre-flight refresh, health monitor, exporters, history
+    /// pruning, TLS reporting): stopped at shutdown.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Serializes queue imports: the duplicate check and the commit of one batch are one step.
     import_lock: tokio::sync::Mutex<()>,
@@ -371,6 +372,10 @@ impl Engine {
                 import_lock: tokio::sync::Mutex::new(()),
             }),
         };
+        // TLS reporting (when `delivery.tls_report` is set) sends through the engine itself: started last.
+        if let Some(task) = crate::tls_report::spawn(engine.clone()) {
+            engine.inner.tasks.lock().push(task);
+        }
         Ok((engine, report))
     }
 

@@ -55,7 +55,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // TLS reporting (RFC 8460): ends by itself once the engine stops accepting work.
-    let _tls_reports = mta_core::tls_report::spawn(engine.clone());
 
     let verifier = engine.verifier().cloned();
     let preflight = engine.preflight().cloned();

@@ -46,8 +46,8 @@ const GIVE_UP_AFTER: u64 = 86_400;
 
 /// Runs the reporting loop of `engine` until it stops accepting work: flushes the counters every tick (a
 /// quarter of the period, between 1 s and 1 min) and sends the reports of ended periods. `None` when reporting
-/// is off.
-pub fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
+/// is off. [`Engine::open`] starts it (embedders get it with the engine).
+pub(crate) fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
     let reports = engine.delivery().tls_reports()?.clone();
     let sender = engine.delivery().tls_report_sender()?;
     let interval = engine.config().delivery.tls_report.interval;
