@@ -3,10 +3,13 @@
 //! record is gone.
 //!
 //! Entries live in the spool's aux tree and are written by the recorder in the same commit that removes the
-//! message (so a crash leaves either the queued message or its history, never neither). Two keys per message:
-//! `history/m/<id>` holds the JSON record, `history/t/<finished ms, big-endian><id>` orders entries by age
-//! and holds the record's size, so pruning walks the oldest first without decoding anything.
-//! [`History::prune`] drops entries older than the retention and the oldest beyond the byte bound.
+//! message (so a crash leaves either the queued message or its history, never neither). `history/m/<id>` holds
+//! the JSON record. The age index that pruning walks (oldest first, without decoding records) is one joined
+//! entry per commit round (`history/j/`, [`mta_spool::joined`]): each item the record's size and id, the entry
+//! ordered by the latest finish time among them, so a round of many finished messages adds one index key, not
+//! one per message. Entries of the older layout (`history/t/<finished ms><id>`, one per message) are still
+//! read and pruned. [`History::prune`] drops entries older than the retention and the oldest beyond the byte
+//! bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +26,10 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 const RECORD_PREFIX: &[u8] = b"history/m/";
+/// One age entry per message (the layout before joined entries): read and pruned, no longer written.
 const AGE_PREFIX: &[u8] = b"history/t/";
+/// One joined age entry per commit round: items are the record's size (8 bytes, big-endian) then its id.
+const JOINED_AGE_PREFIX: &[u8] = b"history/j/";
 /// How often pruning runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Entries removed per commit while pruning (bounds one round's size).
@@ -120,6 +126,8 @@ fn record_key(id: &str) -> Vec<u8> {
     [RECORD_PREFIX, id.as_bytes()].concat()
 }
 
+/// A key of the older layout (tests of the upgrade path write them).
+#[cfg(test)]
 fn age_key(finished_ms: u64, id: &str) -> Vec<u8> {
     [AGE_PREFIX, &finished_ms.to_be_bytes()[..], id.as_bytes()].concat()
 }
@@ -147,12 +155,15 @@ pub struct History {
 impl History {
     /// Open the history kept in `spool` (blocking: counts the stored entries' bytes).
     pub fn open_blocking(spool: &Spool, config: HistoryConfig) -> Result<History, SpoolError> {
-        let (mut bytes, mut after) = (0u64, None::<Vec<u8>>);
-        loop {
-            let chunk = spool.aux_range(AGE_PREFIX, after.as_deref(), 4096)?;
-            let Some(last) = chunk.last() else { break };
-            after = Some(last.0.clone());
-            bytes += chunk.iter().map(|(k, v)| entry_size(k, v)).sum::<u64>();
+        let mut bytes = 0u64;
+        for prefix in [AGE_PREFIX, JOINED_AGE_PREFIX] {
+            let mut after = None::<Vec<u8>>;
+            loop {
+                let chunk = spool.aux_range(prefix, after.as_deref(), 4096)?;
+                let Some(last) = chunk.last() else { break };
+                after = Some(last.0.clone());
+                bytes += chunk.iter().map(|(k, v)| age_entry(k, v).size).sum::<u64>();
+            }
         }
         Ok(History { config, bytes: AtomicU64::new(bytes) })
     }
@@ -182,10 +193,10 @@ impl History {
         let Ok(value) = serde_json::to_vec(record) else { return (Vec::new(), 0) };
         let key = record_key(&record.id);
         let size = (key.len() + value.len()) as u64;
-        let age = age_key(record.finished_at_ms, &record.id);
-        let size_value = size.to_be_bytes().to_vec();
-        let total = entry_size(&age, &size_value);
-        (vec![Op::AuxPut { key, value }, Op::AuxPut { key: age, value: size_value }], total)
+        let item = [&size.to_be_bytes()[..], record.id.as_bytes()].concat();
+        let total = size + mta_spool::joined::item_size(&item);
+        let age = Op::AuxJoin { prefix: JOINED_AGE_PREFIX.to_vec(), order: record.finished_at_ms, item };
+        (vec![Op::AuxPut { key, value }, age], total)
     }
 
     /// Account for entries made durable.
@@ -200,46 +211,55 @@ impl History {
         Ok(serde_json::from_slice(&value).ok())
     }
 
-    /// Prune now: drop entries older than the retention, then the oldest while over the byte bound. Returns
-    /// how many entries were dropped.
+    /// Prune now: drop entries older than the retention, then the oldest while over the byte bound (entries of
+    /// the older one-key-per-message layout first: they are the oldest). Returns how many messages' entries
+    /// were dropped.
     pub async fn prune_once(&self, spool: &Spool) -> Result<u64, SpoolError> {
         let cutoff = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
         let mut dropped = 0u64;
-        loop {
-            let over = self.bytes().saturating_sub(self.config.max_bytes);
-            let chunk = {
-                let spool = spool.clone();
-                tokio::task::spawn_blocking(move || spool.aux_range(AGE_PREFIX, None, PRUNE_CHUNK))
-                    .await
-                    .map_err(|e| SpoolError::io("history prune", std::io::Error::other(e.to_string())))??
-            };
-            let (mut ops, mut freed, mut n, mut done) = (Vec::new(), 0u64, 0u64, chunk.len() < PRUNE_CHUNK);
-            for (k, v) in &chunk {
-                let Some((finished, id)) = parse_age_key(k) else {
-                    ops.push(Op::AuxRemove { key: k.clone() });
-                    continue;
+        for prefix in [AGE_PREFIX, JOINED_AGE_PREFIX] {
+            loop {
+                let over = self.bytes().saturating_sub(self.config.max_bytes);
+                let chunk = {
+                    let spool = spool.clone();
+                    // A joined entry holds a round's messages: fewer of them per pass.
+                    let limit = if prefix == AGE_PREFIX { PRUNE_CHUNK } else { PRUNE_CHUNK / 64 };
+                    tokio::task::spawn_blocking(move || spool.aux_range(prefix, None, limit))
+                        .await
+                        .map_err(|e| SpoolError::io("history prune", std::io::Error::other(e.to_string())))??
                 };
-                if finished >= cutoff && freed >= over {
-                    done = true;
+                let (mut ops, mut freed, mut n) = (Vec::new(), 0u64, 0u64);
+                let mut done = chunk.len() < if prefix == AGE_PREFIX { PRUNE_CHUNK } else { PRUNE_CHUNK / 64 };
+                for (k, v) in &chunk {
+                    let entry = age_entry(k, v);
+                    let Some(finished) = entry.finished else {
+                        ops.push(Op::AuxRemove { key: k.clone() });
+                        continue;
+                    };
+                    if finished >= cutoff && freed >= over {
+                        done = true;
+                        break;
+                    }
+                    freed += entry.size;
+                    n += entry.ids.len() as u64;
+                    ops.extend(entry.ids.into_iter().map(|id| Op::AuxRemove { key: [RECORD_PREFIX, id].concat() }));
+                    ops.push(Op::AuxRemove { key: k.clone() });
+                }
+                if ops.is_empty() {
                     break;
                 }
-                freed += entry_size(k, v);
-                n += 1;
-                ops.push(Op::AuxRemove { key: [RECORD_PREFIX, id].concat() });
-                ops.push(Op::AuxRemove { key: k.clone() });
-            }
-            if ops.is_empty() {
-                return Ok(dropped);
-            }
-            spool.commit(ops).await?;
-            let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(freed)));
-            dropped += n;
-            metrics::counter!("mta_history_pruned_total").increment(n);
-            metrics::gauge!("mta_history_bytes").set(self.bytes() as f64);
-            if done {
-                return Ok(dropped);
+                spool.commit(ops).await?;
+                let _ =
+                    self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(freed)));
+                dropped += n;
+                metrics::counter!("mta_history_pruned_total").increment(n);
+                metrics::gauge!("mta_history_bytes").set(self.bytes() as f64);
+                if done {
+                    break;
+                }
             }
         }
+        Ok(dropped)
     }
 
     /// Prune every few seconds until the task is aborted.
@@ -256,11 +276,28 @@ impl History {
     }
 }
 
-/// What a message's history costs, from its age-index entry: that entry's key and value plus the record's size
-/// the value holds.
-fn entry_size(key: &[u8], value: &[u8]) -> u64 {
-    let record = value.try_into().map(u64::from_be_bytes).unwrap_or(0);
-    (key.len() + value.len()) as u64 + record
+/// What an age-index entry says: when its messages finished (`None`: not an entry of ours, removed as junk),
+/// their ids, and the bytes they cost (records and index).
+struct AgeEntry<'a> {
+    finished: Option<u64>,
+    ids: Vec<&'a [u8]>,
+    size: u64,
+}
+
+/// Read an age-index entry of either layout.
+fn age_entry<'a>(key: &'a [u8], value: &'a [u8]) -> AgeEntry<'a> {
+    if let Some((finished, id)) = parse_age_key(key) {
+        let record = value.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        return AgeEntry { finished: Some(finished), ids: vec![id], size: (key.len() + value.len()) as u64 + record };
+    }
+    let finished = mta_spool::joined::order_of(key, JOINED_AGE_PREFIX);
+    let (mut ids, mut size) = (Vec::new(), 0u64);
+    for item in mta_spool::joined::items(value) {
+        let Some((record, id)) = item.split_at_checked(8) else { continue };
+        size += record.try_into().map(u64::from_be_bytes).unwrap_or(0) + mta_spool::joined::item_size(item);
+        ids.push(id);
+    }
+    AgeEntry { finished, ids, size }
 }
 
 #[cfg(test)]
@@ -340,6 +377,60 @@ mod tests {
         assert_eq!(h2.bytes(), per_entry * 2);
         let got = h2.get(&spool, &QueueId::parse("id7").unwrap()).await.unwrap().unwrap();
         assert_eq!(got, finished(7, got.finished_at_ms));
+        spool.close().await;
+    }
+
+    /// A round's finished messages share one age-index key.
+    #[tokio::test]
+    async fn one_age_entry_per_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_async(mta_spool::SpoolConfig::new(dir.path(), "n")).await.unwrap();
+        let h = History::open_blocking(&spool, HistoryConfig::default()).unwrap();
+        let (mut ops, mut bytes) = (Vec::new(), 0);
+        for i in 0..10 {
+            let (o, b) = h.record_ops(&finished(i, now_ms()));
+            ops.extend(o);
+            bytes += b;
+        }
+        spool.commit(ops).await.unwrap();
+        h.added(bytes);
+        assert_eq!(spool.aux_range(JOINED_AGE_PREFIX, None, 100).unwrap().len(), 1);
+        assert_eq!(spool.aux_range(RECORD_PREFIX, None, 100).unwrap().len(), 10);
+        let reopened = History::open_blocking(&spool, HistoryConfig::default()).unwrap();
+        assert_eq!(reopened.bytes(), h.bytes(), "the byte count is rebuilt from the joined entry");
+        spool.close().await;
+    }
+
+    /// Entries of the one-key-per-message layout (written before joined entries) are counted and pruned, first.
+    #[tokio::test]
+    async fn entries_of_the_older_layout_are_counted_and_pruned_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_async(mta_spool::SpoolConfig::new(dir.path(), "n")).await.unwrap();
+        let now = now_ms();
+        let mut legacy_bytes = 0;
+        for i in 0..2 {
+            let record = finished(i, now - 2 * 3600 * 1000 + i);
+            let value = serde_json::to_vec(&record).unwrap();
+            let key = record_key(&record.id);
+            let size = ((key.len() + value.len()) as u64).to_be_bytes().to_vec();
+            let age = age_key(record.finished_at_ms, &record.id);
+            legacy_bytes += age_entry(&age, &size).size;
+            spool.commit(vec![Op::AuxPut { key, value }, Op::AuxPut { key: age, value: size }]).await.unwrap();
+        }
+        let hour = Duration::from_secs(3600);
+        let h = History::open_blocking(&spool, HistoryConfig { retention: hour, max_bytes: u64::MAX }).unwrap();
+        assert_eq!(h.bytes(), legacy_bytes);
+        let (ops, bytes) = h.record_ops(&finished(2, now - 2 * 3600 * 1000 + 5));
+        spool.commit(ops).await.unwrap();
+        h.added(bytes);
+        let (ops, bytes) = h.record_ops(&finished(3, now));
+        spool.commit(ops).await.unwrap();
+        h.added(bytes);
+        assert_eq!(History::open_blocking(&spool, HistoryConfig::default()).unwrap().bytes(), h.bytes());
+        assert_eq!(h.prune_once(&spool).await.unwrap(), 3, "two old-layout entries and one joined, all too old");
+        assert!(!kept(&spool, 0).await && !kept(&spool, 1).await && !kept(&spool, 2).await && kept(&spool, 3).await);
+        assert!(spool.aux_range(AGE_PREFIX, None, 10).unwrap().is_empty());
+        assert_eq!(h.bytes(), bytes, "what is left is the newest message");
         spool.close().await;
     }
 }

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::SpoolError;
 use crate::id::QueueId;
+use crate::joined;
 use crate::outbox::{self, OutboxDelta};
 use crate::record::{BodyLocation, MessageRecord, INLINE_MAX, INLINE_SEGMENT};
 use crate::segment::SegmentWriter;
@@ -75,6 +76,16 @@ pub enum Op {
         /// Key bytes.
         key: Vec<u8>,
     },
+    /// Add `item` to this round's joined entry under `prefix` ([`crate::joined`]): one aux key for all of a
+    /// round's items with that prefix, keyed by the largest `order` among them.
+    AuxJoin {
+        /// Key prefix of the entries.
+        prefix: Vec<u8>,
+        /// What the entry is ordered by (for example a time in ms).
+        order: u64,
+        /// The item.
+        item: Vec<u8>,
+    },
     /// Append to the outbox ([`crate::outbox`]): one or more `\n`-separated items. The committer joins the
     /// appends of a round into one entry with the next sequence.
     OutboxAppend {
@@ -119,6 +130,7 @@ impl Request {
                     .map(|op| match op {
                         Op::Put { body, .. } => body.len() as u64,
                         Op::OutboxAppend { value } => value.len() as u64,
+                        Op::AuxJoin { item, .. } => item.len() as u64,
                         _ => 0,
                     })
                     .sum();
@@ -175,6 +187,8 @@ struct Plan {
     outbox_appends: Vec<Vec<u8>>,
     /// Their bytes once joined (each counted with its separator).
     outbox_append_bytes: u64,
+    /// The round's joined-entry items (of accepted requests): (prefix, order, item).
+    joins: Vec<(Vec<u8>, u64, Vec<u8>)>,
 }
 
 /// A request accepted into the round: its waiter and the puts whose stored records it gets back.
@@ -199,6 +213,9 @@ pub(crate) struct Committer {
     commit_delay: Duration,
     /// Requests in the previous round: the sign of how many writers are active.
     last_round_requests: usize,
+    /// Sequence of the last joined entry written; starts from the clock so a restart within the same
+    /// millisecond order cannot reuse a key.
+    join_seq: u64,
 }
 
 /// What the gathering loop does with one request taken from the channel.
@@ -227,6 +244,9 @@ impl Committer {
             max_round_bytes: max_round_bytes.max(1),
             commit_delay: Duration::ZERO,
             last_round_requests: 0,
+            join_seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
         }
     }
 
@@ -355,6 +375,7 @@ impl Committer {
             Ok(Vec::new())
         } else {
             self.seal_outbox(&mut plan);
+            self.seal_joins(&mut plan);
             self.execute(&mut plan)
         };
         let stats = &self.shared.stats;
@@ -413,6 +434,37 @@ impl Committer {
             self.append_entry(plan, entry);
         }
         plan.outbox_append_bytes = 0;
+    }
+
+    /// Write the round's joined items as one entry per prefix (closed at [`joined::ENTRY_MAX`] bytes), keyed by
+    /// the largest order among its items and the next sequence.
+    fn seal_joins(&mut self, plan: &mut Plan) {
+        let mut open: Vec<(Vec<u8>, u64, Vec<u8>)> = Vec::new();
+        for (prefix, order, item) in std::mem::take(&mut plan.joins) {
+            let i = match open.iter().position(|(p, _, _)| *p == prefix) {
+                Some(i) => i,
+                None => {
+                    open.push((prefix, 0, Vec::new()));
+                    open.len() - 1
+                }
+            };
+            if !open[i].2.is_empty() && open[i].2.len() + 4 + item.len() > joined::ENTRY_MAX {
+                let (prefix, order, value) = std::mem::take(&mut open[i]);
+                open[i].0 = prefix.clone();
+                self.join_entry(plan, &prefix, order, value);
+            }
+            let entry = &mut open[i];
+            entry.1 = entry.1.max(order);
+            joined::push(&mut entry.2, &item);
+        }
+        for (prefix, order, value) in open {
+            self.join_entry(plan, &prefix, order, value);
+        }
+    }
+
+    fn join_entry(&mut self, plan: &mut Plan, prefix: &[u8], order: u64, value: Vec<u8>) {
+        self.join_seq = self.join_seq.wrapping_add(1);
+        plan.writes.push(Write::AuxPut { key: joined::key(prefix, order, self.join_seq), value });
     }
 
     fn append_entry(&self, plan: &mut Plan, value: Vec<u8>) {
@@ -480,6 +532,7 @@ impl Committer {
         let mut removed_through = plan.outbox_removed_through;
         let mut appends = Vec::new();
         let mut append_bytes = 0u64;
+        let mut joins = Vec::new();
         let result = (|| {
             for op in ops {
                 match op {
@@ -544,6 +597,7 @@ impl Committer {
                     }
                     Op::AuxPut { key, value } => writes.push(Write::AuxPut { key, value }),
                     Op::AuxRemove { key } => writes.push(Write::AuxRemove { key }),
+                    Op::AuxJoin { prefix, order, item } => joins.push((prefix, order, item)),
                     Op::OutboxAppend { value } => {
                         if value.is_empty() {
                             continue;
@@ -597,6 +651,7 @@ impl Committer {
                 plan.outbox_removed_through = removed_through;
                 plan.outbox_appends.extend(appends);
                 plan.outbox_append_bytes += append_bytes;
+                plan.joins.extend(joins);
                 plan.slots.extend(slots);
                 plan.writes.extend(writes);
                 plan.record_delta += delta;

@@ -35,6 +35,7 @@ mod error;
 pub mod fuzzing;
 pub mod id;
 mod index;
+pub mod joined;
 pub mod outbox;
 pub mod record;
 mod segment;
