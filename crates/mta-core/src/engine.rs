@@ -232,6 +232,17 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep the engine alive (for the engine's own background loops).
+#[derive(Clone)]
+pub(crate) struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    /// The engine, while anyone else still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("hostname", &self.inner.config.hostname).finish()
@@ -373,7 +384,7 @@ impl Engine {
             }),
         };
         // TLS reporting (when `delivery.tls_report` is set) sends through the engine itself: started last.
-        if let Some(task) = crate::tls_report::spawn(engine.clone()) {
+        if let Some(task) = crate::tls_report::spawn(&engine) {
             engine.inner.tasks.lock().push(task);
         }
         Ok((engine, report))
@@ -674,6 +685,11 @@ impl Engine {
         self.inner.accepting.store(false, Ordering::Release);
     }
 
+    /// A handle that does not keep the engine alive.
+    pub(crate) fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
+    }
+
     /// True until [`Engine::stop_accepting`] is called.
     pub fn is_accepting(&self) -> bool {
         self.inner.accepting.load(Ordering::Acquire)
@@ -687,6 +703,10 @@ impl Engine {
             task.abort();
         }
         self.inner.delivery.shutdown(limit).await;
+        // The reporting loop was stopped above: the sessions counted since its last tick are kept too.
+        if let Some(reports) = self.inner.delivery.tls_reports() {
+            reports.flush().await;
+        }
         self.inner.spool.close().await;
     }
 

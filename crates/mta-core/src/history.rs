@@ -32,8 +32,11 @@ const AGE_PREFIX: &[u8] = b"history/t/";
 const JOINED_AGE_PREFIX: &[u8] = b"history/j/";
 /// How often pruning runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
-/// Entries removed per commit while pruning (bounds one round's size).
+/// Removals per pruning commit (bounds one round's size; a joined age entry is removed whole, with all of its
+/// records, so one holding more goes alone).
 const PRUNE_CHUNK: usize = 512;
+/// Joined age entries read per pruning pass (each up to [`mta_spool::joined::ENTRY_MAX`] bytes).
+const PRUNE_JOINED_READ: usize = 8;
 
 /// How long and how much history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,17 +223,22 @@ impl History {
         for prefix in [AGE_PREFIX, JOINED_AGE_PREFIX] {
             loop {
                 let over = self.bytes().saturating_sub(self.config.max_bytes);
+                // A joined entry holds a round's messages: fewer of them per pass.
+                let limit = if prefix == AGE_PREFIX { PRUNE_CHUNK } else { PRUNE_JOINED_READ };
                 let chunk = {
                     let spool = spool.clone();
-                    // A joined entry holds a round's messages: fewer of them per pass.
-                    let limit = if prefix == AGE_PREFIX { PRUNE_CHUNK } else { PRUNE_CHUNK / 64 };
                     tokio::task::spawn_blocking(move || spool.aux_range(prefix, None, limit))
                         .await
                         .map_err(|e| SpoolError::io("history prune", std::io::Error::other(e.to_string())))??
                 };
                 let (mut ops, mut freed, mut n) = (Vec::new(), 0u64, 0u64);
-                let mut done = chunk.len() < if prefix == AGE_PREFIX { PRUNE_CHUNK } else { PRUNE_CHUNK / 64 };
+                let mut done = chunk.len() < limit;
                 for (k, v) in &chunk {
+                    if ops.len() >= PRUNE_CHUNK {
+                        // This commit is full: the next pass reads on from here.
+                        done = false;
+                        break;
+                    }
                     let entry = age_entry(k, v);
                     let Some(finished) = entry.finished else {
                         ops.push(Op::AuxRemove { key: k.clone() });
@@ -377,6 +385,28 @@ mod tests {
         assert_eq!(h2.bytes(), per_entry * 2);
         let got = h2.get(&spool, &QueueId::parse("id7").unwrap()).await.unwrap().unwrap();
         assert_eq!(got, finished(7, got.finished_at_ms));
+        spool.close().await;
+    }
+
+    /// More old entries than one pruning commit takes: every one goes, over several commits.
+    #[tokio::test]
+    async fn pruning_many_rounds_takes_several_commits_and_misses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_async(mta_spool::SpoolConfig::new(dir.path(), "n")).await.unwrap();
+        let h =
+            History::open_blocking(&spool, HistoryConfig { retention: Duration::from_secs(3600), max_bytes: u64::MAX })
+                .unwrap();
+        let old = now_ms() - 2 * 3600 * 1000;
+        for i in 0..(PRUNE_JOINED_READ as u64 * 3 + 1) {
+            let (ops, bytes) = h.record_ops(&finished(i, old + i));
+            spool.commit(ops).await.unwrap();
+            h.added(bytes);
+        }
+        let total = PRUNE_JOINED_READ as u64 * 3 + 1;
+        assert_eq!(h.prune_once(&spool).await.unwrap(), total);
+        assert!(spool.aux_range(JOINED_AGE_PREFIX, None, 100).unwrap().is_empty());
+        assert!(spool.aux_range(RECORD_PREFIX, None, 100).unwrap().is_empty());
+        assert_eq!(h.bytes(), 0);
         spool.close().await;
     }
 

@@ -439,6 +439,7 @@ impl Committer {
     /// Write the round's joined items as one entry per prefix (closed at [`joined::ENTRY_MAX`] bytes), keyed by
     /// the largest order among its items and the next sequence.
     fn seal_joins(&mut self, plan: &mut Plan) {
+        // (prefix, largest order, value) of each prefix's open entry.
         let mut open: Vec<(Vec<u8>, u64, Vec<u8>)> = Vec::new();
         for (prefix, order, item) in std::mem::take(&mut plan.joins) {
             let i = match open.iter().position(|(p, _, _)| *p == prefix) {
@@ -448,17 +449,16 @@ impl Committer {
                     open.len() - 1
                 }
             };
-            if !open[i].2.is_empty() && open[i].2.len() + 4 + item.len() > joined::ENTRY_MAX {
-                let (prefix, order, value) = std::mem::take(&mut open[i]);
-                open[i].0 = prefix.clone();
-                self.join_entry(plan, &prefix, order, value);
+            let (prefix, largest, value) = &mut open[i];
+            if !value.is_empty() && value.len() + 4 + item.len() > joined::ENTRY_MAX {
+                let full = std::mem::take(value);
+                self.join_entry(plan, prefix, std::mem::take(largest), full);
             }
-            let entry = &mut open[i];
-            entry.1 = entry.1.max(order);
-            joined::push(&mut entry.2, &item);
+            *largest = (*largest).max(order);
+            joined::push(value, &item);
         }
-        for (prefix, order, value) in open {
-            self.join_entry(plan, &prefix, order, value);
+        for (prefix, largest, value) in open {
+            self.join_entry(plan, &prefix, largest, value);
         }
     }
 

@@ -86,14 +86,13 @@ pub(crate) async fn run(ctx: &Arc<Context>, key: &SiteKey) {
             ctx.sites.connected(key);
             c
         }
-        Err(refused) => {
-            let reason = refused.response.clone();
+        Err(Refused { response: reason, mx, addr }) => {
             // Every address failed: one pending message takes the attempt (so it moves toward expiry); the
             // circuit opens after repeated failures so the rest don't each wait out a connect timeout.
             let now = ctx.clock.instant();
             let work = ctx.sites.connect_failed(key, now, ctx.cfg.circuit_threshold, ctx.cfg.circuit_open_for);
             if let Some(w) = work {
-                report_failed_session(ctx, &hops, &w, &refused);
+                report_failed_session(ctx, &hops, &w, &reason, mx.as_deref(), addr);
                 ctx.timers.transition_all([&w], State::Ready, State::InFlight);
                 // A refusal (greeting, EHLO) keeps the server's reply; it is transient whatever its code
                 // (a `bounce` rule aside), and a `[[response_rule]]` may suspend or throttle the site.
@@ -169,13 +168,18 @@ struct Session<'a> {
 
 /// Counts a session refused under a policy in TLS reports: its RFC 8460 type, and the MX host and address
 /// of the attempt that failed.
-fn report_failed_session(ctx: &Context, hops: &NextHops, w: &Work, refused: &Refused) {
-    let (Some(reports), Some(policy), Some(failure)) = (&ctx.tls_reports, &hops.policy, refused.response.tls_failure)
-    else {
+fn report_failed_session(
+    ctx: &Context,
+    hops: &NextHops,
+    w: &Work,
+    reason: &Response,
+    mx: Option<&str>,
+    addr: Option<std::net::SocketAddr>,
+) {
+    let (Some(reports), Some(policy), Some(failure)) = (&ctx.tls_reports, &hops.policy, reason.tls_failure) else {
         return;
     };
-    let ip = refused.addr.map(|a| a.ip());
-    reports.failure(&ctx.timers.domain_name(w.domain), policy, failure.as_str(), refused.mx.as_deref(), ip);
+    reports.failure(&ctx.timers.domain_name(w.domain), policy, failure.as_str(), mx, addr.map(|a| a.ip()));
 }
 
 /// Take up to `max` messages: wait for the first, then as many more as are queued, within this connection's

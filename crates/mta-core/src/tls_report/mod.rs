@@ -44,18 +44,21 @@ impl Default for TlsReportConfig {
 /// After a period ends, a report that could not be delivered is retried for this long, then dropped.
 const GIVE_UP_AFTER: u64 = 86_400;
 
-/// Runs the reporting loop of `engine` until it stops accepting work: flushes the counters every tick (a
-/// quarter of the period, between 1 s and 1 min) and sends the reports of ended periods. `None` when reporting
-/// is off. [`Engine::open`] starts it (embedders get it with the engine).
-pub(crate) fn spawn(engine: Engine) -> Option<tokio::task::JoinHandle<()>> {
+/// Runs the reporting loop of `engine` until it stops accepting work or is gone: flushes the counters every
+/// tick (a quarter of the period, between 1 s and 1 min) and sends the reports of ended periods. `None` when
+/// reporting is off. [`Engine::open`] starts it (embedders get it with the engine); it holds the engine only
+/// while a tick runs, so the loop never keeps a dropped engine alive.
+pub(crate) fn spawn(engine: &Engine) -> Option<tokio::task::JoinHandle<()>> {
     let reports = engine.delivery().tls_reports()?.clone();
     let sender = engine.delivery().tls_report_sender()?;
     let interval = engine.config().delivery.tls_report.interval;
     let tick = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let weak = engine.downgrade();
     Some(tokio::spawn(async move {
         reports.load().await;
         loop {
             tokio::time::sleep(tick).await;
+            let Some(engine) = weak.upgrade() else { return };
             reports.flush().await;
             if !engine.is_accepting() {
                 return;
